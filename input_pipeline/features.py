@@ -1,0 +1,30 @@
+"""The one record layout shared by every pidm_jax TFDS builder.
+
+Each example is one (source, target) pair of the same person:
+
+* ``source_image``, ``target_image``: uint8 RGB images of the stored size (H, W, 3).
+* ``source_keypoints``, ``target_keypoints``: float32 (18, 2) COCO-18 / OpenPose order, (x, y) in the
+  stored image's pixel frame, -1 for a missing joint.
+* ``source_id``, ``target_id``: the image names (relative paths for real data sets), used for the
+  official output naming (``<src>_2_<tgt>_vis.png``).
+* ``person_id``: the identity the pair belongs to.
+"""
+
+import tensorflow_datasets as tfds
+
+NUM_KEYPOINTS = 18
+
+
+def pair_features(height: int, width: int) -> "tfds.features.FeaturesDict":
+    """Returns the FeaturesDict of a pair record at the stored resolution ``height`` x ``width``."""
+    image = tfds.features.Image(shape=(height, width, 3), dtype="uint8", encoding_format="png")
+    keypoints = tfds.features.Tensor(shape=(NUM_KEYPOINTS, 2), dtype="float32")
+    return tfds.features.FeaturesDict({
+        "source_image": image,
+        "target_image": image,
+        "source_keypoints": keypoints,
+        "target_keypoints": keypoints,
+        "source_id": tfds.features.Text(),
+        "target_id": tfds.features.Text(),
+        "person_id": tfds.features.Text(),
+    })
