@@ -10,6 +10,7 @@ Each example is one (source, target) pair of the same person:
 * ``person_id``: the identity the pair belongs to.
 """
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 NUM_KEYPOINTS = 18
@@ -17,8 +18,8 @@ NUM_KEYPOINTS = 18
 
 def pair_features(height: int, width: int) -> "tfds.features.FeaturesDict":
     """Returns the FeaturesDict of a pair record at the stored resolution ``height`` x ``width``."""
-    image = tfds.features.Image(shape=(height, width, 3), dtype="uint8", encoding_format="png")
-    keypoints = tfds.features.Tensor(shape=(NUM_KEYPOINTS, 2), dtype="float32")
+    image = tfds.features.Image(shape=(height, width, 3), dtype=np.uint8, encoding_format="png")
+    keypoints = tfds.features.Tensor(shape=(NUM_KEYPOINTS, 2), dtype=np.float32)
     return tfds.features.FeaturesDict({
         "source_image": image,
         "target_image": image,
