@@ -1,4 +1,5 @@
-"""A tiny PIDM for tests: 32x32 images, base width 32, 3 levels, every block kind present."""
+"""A tiny PIDM for tests: 32x32 images, base width 32, 2 levels, every block kind present
+(down/up ResBlocks, 1x1 skips, cross-attention on both sides and in the middle)."""
 
 from configs import default
 
@@ -7,9 +8,9 @@ def get_config():
   config = default.get_config()
   model = config.model
   model.base_width = 32
-  model.channel_mult = (1, 2, 2)
-  model.num_res_blocks = 2
-  model.attention_resolutions = (16, 8)
+  model.channel_mult = (1, 2)
+  model.num_res_blocks = 1
+  model.attention_resolutions = (16,)
   model.image_size = 32
   model.embed_dim = 64
   model.dropout = 0.1

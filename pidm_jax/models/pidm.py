@@ -56,6 +56,8 @@ def check_image_size(height: int, width: int, multiple: int) -> None:
     return
 
   def near(n):
+    if n % multiple == 0 and n > 0:
+      return [n]
     lo = (n // multiple) * multiple
     return sorted({max(lo, multiple), lo + multiple})
 
