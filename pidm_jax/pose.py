@@ -1,0 +1,485 @@
+"""Keypoints and the 20-channel PIDM pose map.
+
+Keypoints are always an (18, 2) array of (x, y) pixel coordinates in the OpenPose COCO-18 joint
+order (``JOINT_NAMES``); a missing joint is -1 in both coordinates. Pixel centres sit at integer
+coordinates, as OpenCV draws them.
+
+The pose map (``pose_map``) is the network's pose input: an (H, W, 20) float32 array in [0, 1]
+whose first 3 channels are an RGB skeleton drawing and whose other 17 channels are L1 distance maps
+to each limb. It reproduces the official PIDM renderer bit for bit for the same float64 keypoints:
+the same OpenCV primitives in the same order, the same integer truncations and the same dtypes at
+each step.
+
+This module also reads the keypoint file formats found in the wild (PIDM/NTED text files, PATN/GFLA
+CSV, OpenPose JSON, numpy arrays) and applies the geometric transforms of the augmentation (scale,
+crop, horizontal flip) to an image and its keypoints together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Mapping
+
+import cv2
+import numpy as np
+from PIL import Image
+
+NUM_KEYPOINTS = 18
+NUM_LIMBS = 17
+POSE_CHANNELS = 3 + NUM_LIMBS
+MISSING = -1.0
+
+JOINT_NAMES = (
+    "nose", "neck",
+    "right_shoulder", "right_elbow", "right_wrist",
+    "left_shoulder", "left_elbow", "left_wrist",
+    "right_hip", "right_knee", "right_ankle",
+    "left_hip", "left_knee", "left_ankle",
+    "right_eye", "left_eye", "right_ear", "left_ear",
+)
+
+# The official colour of joint i and of limb i, as written in the reference code. It draws them on a
+# canvas that it later converts from BGR to RGB, so these triples are BGR.
+COLORS_BGR = (
+    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
+    (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
+    (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
+)
+
+# The 17 limbs that are drawn, as (joint, joint) index pairs, in drawing order.
+LIMBS = (
+    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
+    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
+)
+
+# Right/left joint pairs of COCO-18, swapped by a flip that keeps joint semantics.
+LEFT_RIGHT_PAIRS = ((2, 5), (3, 6), (4, 7), (8, 11), (9, 12), (10, 13), (14, 15), (16, 17))
+
+JOINT_RADIUS = 4
+LIMB_HALF_WIDTH = 4
+_BLEND_OLD, _BLEND_NEW = 0.4, 0.6
+_DIST_DIVISOR = 3
+
+# OpenPose BODY_25 index of each COCO-18 joint (BODY_25 adds mid-hip at 8 and six foot joints).
+_BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pose map
+
+
+def _check_size(height: int, width: int) -> tuple[int, int]:
+    h, w = int(height), int(width)
+    if h != height or w != width or h <= 0 or w <= 0:
+        raise ValueError(f"pose map size must be two positive integers, got height={height!r}, "
+                         f"width={width!r}")
+    return h, w
+
+
+def _as_keypoints(keypoints, name: str = "keypoints") -> np.ndarray:
+    """Returns ``keypoints`` as a float64 (18, 2) array; raises ValueError naming what is wrong."""
+    kp = np.asarray(keypoints)
+    if kp.shape != (NUM_KEYPOINTS, 2):
+        raise ValueError(f"{name}: expected shape ({NUM_KEYPOINTS}, 2) of (x, y), got {kp.shape}")
+    if not np.issubdtype(kp.dtype, np.number) or np.issubdtype(kp.dtype, np.complexfloating):
+        raise ValueError(f"{name}: expected real numbers, got dtype {kp.dtype}")
+    kp = kp.astype(np.float64)
+    if not np.all(np.isfinite(kp)):
+        raise ValueError(f"{name}: expected finite coordinates (-1 for a missing joint), "
+                         "got NaN/inf")
+    return kp
+
+
+def _limb_polygon(kp: np.ndarray, limb: int) -> np.ndarray | None:
+    """The official ellipse polygon of limb ``limb``; None if one of its joints is missing.
+
+    The official code works on float64 numbers: centre = (int(mean x), int(mean y)), half axes
+    (int(length / 2), 4), angle int(degrees(atan2(dy, dx))), sampled every degree.
+    """
+    a, b = LIMBS[limb]
+    (xa, ya), (xb, yb) = kp[a], kp[b]
+    if MISSING in (xa, ya, xb, yb):
+        return None
+    dx, dy = xa - xb, ya - yb
+    length = (dy ** 2 + dx ** 2) ** 0.5
+    angle = math.degrees(math.atan2(dy, dx))
+    centre = (int((xa + xb) / 2), int((ya + yb) / 2))
+    return cv2.ellipse2Poly(centre, (int(length / 2), LIMB_HALF_WIDTH), int(angle), 0, 360, 1)
+
+
+def _blend_luts() -> tuple[np.ndarray, ...]:
+    """Per limb, a (256, 1, 3) table: canvas value v -> addWeighted(v, 0.4, colour, 0.6, 0).
+
+    The blend is elementwise, so looking it up gives what cv2.addWeighted gives on the whole canvas.
+    """
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)
+    luts = []
+    for colour in COLORS_BGR[:NUM_LIMBS]:
+        painted = np.empty_like(values)
+        painted[:] = colour
+        luts.append(cv2.addWeighted(values, _BLEND_OLD, painted, _BLEND_NEW, 0))
+    return tuple(luts)
+
+
+_BLEND_LUTS = _blend_luts()
+
+
+def _distance_uint8(mask: np.ndarray) -> np.ndarray:
+    """uint8(clip(L1 distance to the mask's nonzero pixels / 3, 0, 255)), as the official code.
+
+    cv2.distanceTransform (DIST_L1, 3x3) gives whole numbers d, so uint8(d / 3) = floor(d / 3),
+    which equals round(|(d - 1) / 3|) saturated to 255: one convertScaleAbs pass instead of three
+    numpy ones.
+    The mask must have a nonzero pixel (else d is FLT_MAX, which convertScaleAbs cannot take).
+    """
+    dist = cv2.distanceTransform(255 - mask, cv2.DIST_L1, 3)
+    return cv2.convertScaleAbs(dist, alpha=1.0 / _DIST_DIVISOR, beta=-1.0 / _DIST_DIVISOR)
+
+
+def _draw(kp: np.ndarray, height: int, width: int, with_limb_maps: bool):
+    """Draws the BGR uint8 skeleton; also the 17 uint8 limb maps (H, W) when ``with_limb_maps``.
+
+    Follows the official renderer step by step, with shortcuts that give identical results: the
+    0.4/0.6 blend of the canvas with its painted copy is looked up, and only inside the limb's
+    polygon (elsewhere the copy equals the canvas and the blend is the identity); a limb without any
+    pixel in the image gets the constant map 255 (its distance transform is FLT_MAX everywhere,
+    clipped to 255).
+    """
+    canvas = np.zeros((height, width, 3), np.uint8)
+    for joint, (x, y) in enumerate(kp):
+        if x == MISSING or y == MISSING:
+            continue
+        cv2.circle(canvas, (int(x), int(y)), JOINT_RADIUS, COLORS_BGR[joint], thickness=-1)
+    limb_maps = []
+    for limb in range(NUM_LIMBS):
+        polygon = _limb_polygon(kp, limb)
+        drawn = False
+        if polygon is not None:
+            # The same rasterisation as filling the polygon on the colour canvas.
+            mask = np.zeros((height, width), np.uint8)
+            cv2.fillConvexPoly(mask, polygon, 255)
+            # A box around the polygon's vertices, with a margin, holds every filled pixel.
+            px, py, pw, ph = cv2.boundingRect(polygon)
+            x0, y0 = max(px - 2, 0), max(py - 2, 0)
+            x1, y1 = min(px + pw + 2, width), min(py + ph + 2, height)
+            if x0 < x1 and y0 < y1 and cv2.countNonZero(mask[y0:y1, x0:x1]) > 0:
+                drawn = True
+                old = canvas[y0:y1, x0:x1]
+                blended = cv2.LUT(old, _BLEND_LUTS[limb])
+                canvas[y0:y1, x0:x1] = cv2.copyTo(blended, mask[y0:y1, x0:x1], old.copy())
+        if with_limb_maps:
+            # (The official code also blends the mask with itself: a 0/255 mask stays unchanged.)
+            if drawn:
+                limb_maps.append(_distance_uint8(mask))
+            else:
+                limb_maps.append(np.full((height, width), 255, np.uint8))
+    return canvas, limb_maps
+
+
+def pose_map(keypoints, height: int, width: int) -> np.ndarray:
+    """Renders the official 20-channel PIDM pose map.
+
+    Args:
+      keypoints: (18, 2) (x, y) in the output frame (pixels of the ``height`` x ``width`` image), -1
+        for a missing joint. Non-integer coordinates are fine; they are used as float64, like the
+        official code, which reads them with ``np.loadtxt``.
+      height, width: size of the map.
+
+    Returns:
+      (height, width, 20) float32 in [0, 1]. Channels 0-2: RGB skeleton (joint circles of radius 4,
+      then each limb's ellipse blended 0.4 old / 0.6 new onto the canvas), divided by 255. Channels
+      3-19: for each of the 17 limbs, the L1 distance (OpenCV DIST_L1) to the limb's ellipse,
+      divided by 3, truncated to uint8 and divided by 255; a limb with a missing end gives a map of
+      1.0.
+    """
+    h, w = _check_size(height, width)
+    canvas, limb_maps = _draw(_as_keypoints(keypoints), h, w, with_limb_maps=True)
+    blue, green, red = cv2.split(canvas)
+    channels = cv2.merge([red, green, blue] + limb_maps).reshape(h, w, POSE_CHANNELS)
+    # float32 division, as the official uint8 -> float tensor conversion.
+    return np.divide(channels, 255, dtype=np.float32)
+
+
+def null_pose_map(height: int, width: int) -> np.ndarray:
+    """The pose map of a skeleton with every joint missing: black RGB, every limb map 1.0."""
+    h, w = _check_size(height, width)
+    out = np.ones((h, w, POSE_CHANNELS), np.float32)
+    out[..., :3] = 0.0
+    return out
+
+
+def skeleton_image(keypoints, height: int, width: int) -> np.ndarray:
+    """The RGB uint8 (height, width, 3) skeleton drawing: ``pose_map`` channels 0-2 times 255."""
+    h, w = _check_size(height, width)
+    canvas, _ = _draw(_as_keypoints(keypoints), h, w, with_limb_maps=False)
+    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+
+
+# ----------------------------------------------------------------------------------------------
+# Keypoint transforms
+
+
+def _missing(kp: np.ndarray) -> np.ndarray:
+    """(18,) bool: joints with a -1 coordinate."""
+    return np.any(kp == MISSING, axis=-1)
+
+
+def _finish(kp64: np.ndarray, missing: np.ndarray, like: np.ndarray) -> np.ndarray:
+    kp64[missing] = MISSING
+    dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64
+    return kp64.astype(dtype)
+
+
+def deepfashion_to_frame(keypoints, height: int = 256, width: int = 256,
+                         scaled_size: tuple[int, int] | None = None,
+                         crop_offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Maps DeepFashion keypoints (256x256 padded frame, person in columns 40..216) to an image.
+
+    Without augmentation x' = (x - 40) * W / 176 and y' = y * H / 256 for an image of ``height`` x
+    ``width`` (the official stretched 256x256 frame by default). ``scaled_size`` (new_h, new_w) and
+    ``crop_offset`` (x, y) add the official scale-and-crop augmentation in the same float64
+    expression the official code uses, so pose maps drawn from the result match it exactly. Missing
+    joints stay -1.
+    """
+    src = np.asarray(keypoints)
+    kp = _as_keypoints(src)
+    missing = _missing(kp)
+    scale_w = 1.0 / 176.0 * width
+    scale_h = 1.0 / 256.0 * height
+    if scaled_size is not None:
+        new_h, new_w = scaled_size
+        scale_w = scale_w / width * new_w
+        scale_h = scale_h / height * new_h
+    out = np.empty_like(kp)
+    out[:, 0] = (kp[:, 0] - 40) * scale_w - crop_offset[0]
+    out[:, 1] = kp[:, 1] * scale_h - crop_offset[1]
+    return _finish(out, missing, src)
+
+
+def scale_keypoints(keypoints, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """Keypoints of an image resized from ``from_size`` to ``to_size`` ((h, w)): x * new_w / w."""
+    src = np.asarray(keypoints)
+    kp = _as_keypoints(src)
+    missing = _missing(kp)
+    out = kp * np.array([to_size[1] / from_size[1], to_size[0] / from_size[0]])
+    return _finish(out, missing, src)
+
+
+def crop_keypoints(keypoints, offset: tuple[int, int]) -> np.ndarray:
+    """Keypoints of an image cropped at ``offset`` (x, y): subtracts the offset."""
+    src = np.asarray(keypoints)
+    kp = _as_keypoints(src)
+    missing = _missing(kp)
+    return _finish(kp - np.array(offset, np.float64), missing, src)
+
+
+def flip_keypoints(keypoints, width: int, swap_left_right: bool = False) -> np.ndarray:
+    """Keypoints of an image mirrored left-right: x' = width - 1 - x.
+
+    ``swap_left_right`` also exchanges the left and right joints, so that joint 2 stays the right
+    shoulder of the mirrored person. The official training code does not swap (default False).
+    """
+    src = np.asarray(keypoints)
+    kp = _as_keypoints(src)
+    missing = _missing(kp)
+    out = kp.copy()
+    out[:, 0] = (width - 1) - kp[:, 0]
+    if swap_left_right:
+        order = np.arange(NUM_KEYPOINTS)
+        for r, l in LEFT_RIGHT_PAIRS:
+            order[r], order[l] = l, r
+        out, missing = out[order], missing[order]
+    return _finish(out, missing, src)
+
+
+def _check_image(image, name: str = "image") -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{name}: expected a uint8 (H, W, C) array, got {image.dtype} "
+                         f"{image.shape}")
+    return image
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resizes a uint8 HWC image to ``size`` (h, w) with PIL bicubic, as the official code does."""
+    image = _check_image(image)
+    h, w = size
+    if image.shape[2] == 1:
+        return np.asarray(Image.fromarray(image[..., 0]).resize((w, h), Image.BICUBIC))[..., None]
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+
+
+def scale_crop(image: np.ndarray, keypoints, scaled_size: tuple[int, int],
+               crop_offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resizes an image to ``scaled_size`` (h, w) and crops its own size at ``crop_offset`` (x, y).
+
+    The keypoints get the same transform. Resizing is PIL bicubic (the official choice).
+    """
+    image = _check_image(image)
+    h, w = image.shape[:2]
+    new_h, new_w = scaled_size
+    x0, y0 = crop_offset
+    if not (0 <= x0 <= new_w - w and 0 <= y0 <= new_h - h):
+        raise ValueError(f"crop_offset {crop_offset} does not fit a {w}x{h} crop in a "
+                         f"{new_w}x{new_h} image")
+    if (new_h, new_w) != (h, w):
+        image = resize_image(image, (new_h, new_w))
+    image = np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w])
+    keypoints = crop_keypoints(scale_keypoints(keypoints, (h, w), (new_h, new_w)), (x0, y0))
+    return image, keypoints
+
+
+def random_scale_crop_params(height: int, width: int, rng: np.random.Generator,
+                             max_scale: float = 0.05) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Draws the official augmentation: s ~ U[0, max_scale), size (floor(h(1+s)), floor(w(1+s))).
+
+    Returns (scaled_size (h, w), crop_offset (x, y)) with the offset uniform over the integers
+    [0, new - old]. Draws s, x, y from ``rng`` in that order.
+    """
+    s = rng.uniform(0.0, max_scale) if max_scale > 0 else 0.0
+    new_w = int(width * (1.0 + s))
+    new_h = int(height * (1.0 + s))
+    x0 = int(rng.integers(0, max(0, new_w - width), endpoint=True))
+    y0 = int(rng.integers(0, max(0, new_h - height), endpoint=True))
+    return (new_h, new_w), (x0, y0)
+
+
+def random_scale_crop(image: np.ndarray, keypoints, rng: np.random.Generator,
+                      max_scale: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """The reference augmentation of one image: random scale up to ``max_scale``, random crop back.
+
+    Deterministic given ``rng``; see ``random_scale_crop_params`` and ``scale_crop``.
+    """
+    image = _check_image(image)
+    scaled_size, offset = random_scale_crop_params(image.shape[0], image.shape[1], rng, max_scale)
+    return scale_crop(image, keypoints, scaled_size, offset)
+
+
+def hflip(image: np.ndarray, keypoints,
+          swap_left_right: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mirrors an image and its keypoints left-right (see ``flip_keypoints``).
+
+    The official pipeline mirrors the rendered pose map rather than the keypoints; to reproduce its
+    maps exactly, render first and mirror the map (``pose_map(...)[:, ::-1]``).
+    """
+    image = _check_image(image)
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    return flipped, flip_keypoints(keypoints, image.shape[1], swap_left_right)
+
+
+# ----------------------------------------------------------------------------------------------
+# Keypoint files
+
+
+def _fail(path, expected: str, got: str) -> ValueError:
+    return ValueError(f"{os.fspath(path)}: expected {expected}, got {got}")
+
+
+def _to_keypoints(values, path, expected: str, dtype) -> np.ndarray:
+    try:
+        kp = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise _fail(path, expected, f"non-numeric values ({e})") from None
+    if kp.shape != (NUM_KEYPOINTS, 2):
+        raise _fail(path, expected, f"shape {kp.shape}")
+    if not np.all(np.isfinite(kp)):
+        raise _fail(path, expected, "NaN or infinite values")
+    return kp.astype(dtype)
+
+
+def read_keypoints_txt(path, dtype=np.float32) -> np.ndarray:
+    """Reads a PIDM/NTED keypoint file: 18 lines of ``x y`` (whitespace separated), -1 missing."""
+    expected = f"{NUM_KEYPOINTS} lines of 'x y'"
+    with open(path, encoding="utf-8") as f:
+        rows = [line.split() for line in f if line.strip()]
+    if len(rows) != NUM_KEYPOINTS or any(len(r) != 2 for r in rows):
+        raise _fail(path, expected, f"{len(rows)} lines of {sorted({len(r) for r in rows})} values")
+    return _to_keypoints(rows, path, expected, dtype)
+
+
+def read_keypoints_csv(path, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Reads a PATN/GFLA annotation CSV: ``name:[y0, ..., y17]:[x0, ..., x17]`` per line.
+
+    An optional header line ``name:keypoints_y:keypoints_x`` is skipped. Returns a dict
+    name -> (18, 2) (x, y).
+    """
+    out: dict[str, np.ndarray] = {}
+    expected = f"'name:[{NUM_KEYPOINTS} y values]:[{NUM_KEYPOINTS} x values]' per line"
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            header = number == 1 and line.replace(" ", "") == "name:keypoints_y:keypoints_x"
+            if not line or header:
+                continue
+            where = f"{os.fspath(path)} line {number}"
+            parts = line.split(":")
+            if len(parts) != 3:
+                raise _fail(where, expected, repr(line[:80]))
+            name = parts[0].strip()
+            try:
+                ys, xs = json.loads(parts[1]), json.loads(parts[2])
+            except json.JSONDecodeError:
+                raise _fail(where, expected, repr(line[:80])) from None
+            if not (isinstance(ys, list) and isinstance(xs, list)) or len(ys) != len(xs):
+                raise _fail(where, expected, repr(line[:80]))
+            if name in out:
+                raise ValueError(f"{where}: image {name!r} is listed twice")
+            out[name] = _to_keypoints(list(zip(xs, ys)), where, expected, dtype)
+    return out
+
+
+def read_openpose_json(path, threshold: float = 0.05, dtype=np.float32) -> np.ndarray:
+    """Reads the first person of an OpenPose JSON file (COCO-18 or BODY_25 ``pose_keypoints_2d``).
+
+    BODY_25 joints are mapped to the 18 COCO joints (mid-hip and feet dropped). A joint with
+    confidence below ``threshold`` (OpenPose writes 0 for undetected joints) is missing (-1).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise _fail(path, "OpenPose JSON", f"invalid JSON ({e})") from None
+    people = data.get("people") if isinstance(data, Mapping) else None
+    if not people:
+        raise _fail(path, "an OpenPose JSON with at least one entry in 'people'", "no person")
+    person = people[0]
+    values = person.get("pose_keypoints_2d", person.get("pose_keypoints"))
+    if values is None:
+        raise _fail(path, "'pose_keypoints_2d' in the first person", f"keys {sorted(person)}")
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _fail(path, "numeric pose_keypoints_2d", "non-numeric values") from None
+    if values.shape == (NUM_KEYPOINTS * 3,):
+        joints = values.reshape(NUM_KEYPOINTS, 3)
+    elif values.shape == (25 * 3,):
+        joints = values.reshape(25, 3)[list(_BODY25_TO_COCO18)]
+    else:
+        raise _fail(path, "18*3 (COCO-18) or 25*3 (BODY_25) pose_keypoints_2d values",
+                    f"shape {values.shape}")
+    kp = joints[:, :2].copy()
+    kp[joints[:, 2] < threshold] = MISSING
+    return _to_keypoints(kp, path, "finite coordinates", dtype)
+
+
+def read_keypoints(path, dtype=np.float32) -> np.ndarray:
+    """Reads one image's keypoints: ``.txt`` (PIDM/NTED), ``.json`` (OpenPose), ``.npy`` (18, 2)."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext == ".txt":
+        return read_keypoints_txt(path, dtype)
+    if ext == ".json":
+        return read_openpose_json(path, dtype=dtype)
+    if ext == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise _fail(path, f"a numpy ({NUM_KEYPOINTS}, 2) array",
+                        f"an unreadable file ({e})") from None
+        if array.dtype.kind not in "iuf":
+            raise _fail(path, f"a numeric ({NUM_KEYPOINTS}, 2) array", f"dtype {array.dtype}")
+        return _to_keypoints(array, path, f"a numpy ({NUM_KEYPOINTS}, 2) array of (x, y)", dtype)
+    raise ValueError(f"{os.fspath(path)}: unknown keypoint file type {ext!r}; expected .txt "
+                     "(18 lines of 'x y'), .json (OpenPose) or .npy ((18, 2) array); a PATN/GFLA "
+                     ".csv holds many images: use read_keypoints_csv")
