@@ -45,7 +45,7 @@ class BasicConv2d(nnx.Module):
         kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
         padding = (padding, padding) if isinstance(padding, int) else padding
         self.conv = nnx.Conv(
-            cin, cout, kernel, strides=stride, padding=[(p, p) for p in padding],
+            cin, cout, kernel, strides=stride, padding=tuple((p, p) for p in padding),
             use_bias=False, precision=precision, rngs=rngs,
         )
         self.bn = nnx.BatchNorm(cout, use_running_average=True, epsilon=1e-3, rngs=rngs)
