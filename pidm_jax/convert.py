@@ -29,6 +29,7 @@ layouts exist only in this module.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import json
 import math
@@ -37,6 +38,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from typing import Any, Callable
 
 import ml_dtypes
@@ -534,3 +536,525 @@ def load_torch_checkpoint(path) -> dict:
   raise CheckpointFormatError(
       f"{path}: not a torch.save file (zip or legacy pickle), .safetensors or .npz "
       f"(starts with {magic[:8]!r})")
+
+
+# =================================================================================================
+# 2. The official <-> pidm_jax mapping
+# =================================================================================================
+
+Path = tuple  # an NNX parameter path, e.g. ("denoiser", "input_blocks", 0, "res", "in_conv", "kernel")
+
+
+@dataclasses.dataclass(frozen=True)
+class OfficialTensor:
+  """One tensor of the official state_dict.
+
+  ``live`` tensors map to pidm_jax parameters (``ours``: their NNX paths and shapes). Dead ones
+  (never used by the official forward pass, reference section 3.3) have no counterpart; ``init``
+  says how the official code initialises them: "zeros" or "torch_default"
+  (U(-1/sqrt(fan_in), 1/sqrt(fan_in)), ``fan_in`` given).
+  """
+  key: str
+  shape: tuple[int, ...]
+  live: bool
+  ours: tuple[Path, ...] = ()
+  ours_shapes: tuple[tuple[int, ...], ...] = ()
+  init: str | None = None
+  fan_in: int | None = None
+  to_ours: Callable[..., tuple] | None = dataclasses.field(default=None, repr=False)
+  to_official: Callable[..., Any] | None = dataclasses.field(default=None, repr=False)
+
+
+# Layout transforms. They only transpose, slice and concatenate, so they run equally on real
+# arrays and on zero-stride stand-ins (used to derive official shapes without allocating).
+def _same(x):
+  return (x,)
+
+
+def _same_back(x):
+  return x
+
+
+def _conv_to_ours(w):  # (O, I, kh, kw) -> (kh, kw, I, O)
+  return (w.transpose(2, 3, 1, 0),)
+
+
+def _conv_to_official(k):
+  return k.transpose(3, 2, 0, 1)
+
+
+def _linear_to_ours(w):  # (O, I) -> (I, O)
+  return (w.T,)
+
+
+def _linear_to_official(k):
+  return k.T
+
+
+def _conv1d_to_ours(w):  # (O, I, 1) -> (I, O)
+  return (w[:, :, 0].T,)
+
+
+def _conv1d_to_official(k):
+  return k.T[:, :, None]
+
+
+def _kv_weight_to_ours(w):  # (2C, C, 1) -> K (C, C), V (C, C): K = output rows [0, C)
+  c = w.shape[0] // 2
+  return (w[:c, :, 0].T, w[c:, :, 0].T)
+
+
+def _kv_weight_to_official(k, v):
+  return np.concatenate([k.T, v.T], axis=0)[:, :, None]
+
+
+def _kv_bias_to_ours(b):
+  c = b.shape[0] // 2
+  return (b[:c], b[c:])
+
+
+def _kv_bias_to_official(bk, bv):
+  return np.concatenate([bk, bv], axis=0)
+
+
+def _live(key, ours, ours_shapes, to_ours, to_official) -> OfficialTensor:
+  stand_ins = [np.broadcast_to(np.float32(0), s) for s in ours_shapes]
+  shape = tuple(to_official(*stand_ins).shape)
+  return OfficialTensor(key, shape, True, tuple(ours), tuple(tuple(s) for s in ours_shapes),
+                        to_ours=to_ours, to_official=to_official)
+
+
+def _dead(key, shape, init, fan_in=None) -> OfficialTensor:
+  return OfficialTensor(key, tuple(shape), False, init=init, fan_in=fan_in)
+
+
+def _conv(key, path, cin, cout, k):
+  return [_live(f"{key}.weight", [path + ("kernel",)], [(k, k, cin, cout)], _conv_to_ours,
+                _conv_to_official),
+          _live(f"{key}.bias", [path + ("bias",)], [(cout,)], _same, _same_back)]
+
+
+def _linear(key, path, din, dout):
+  return [_live(f"{key}.weight", [path + ("kernel",)], [(din, dout)], _linear_to_ours,
+                _linear_to_official),
+          _live(f"{key}.bias", [path + ("bias",)], [(dout,)], _same, _same_back)]
+
+
+def _conv1d(key, path, c):
+  return [_live(f"{key}.weight", [path + ("kernel",)], [(c, c)], _conv1d_to_ours,
+                _conv1d_to_official),
+          _live(f"{key}.bias", [path + ("bias",)], [(c,)], _same, _same_back)]
+
+
+def _norm(key, path, c):  # GroupNorm32 wraps nnx.GroupNorm as ``.norm``
+  return [_live(f"{key}.weight", [path + ("norm", "scale")], [(c,)], _same, _same_back),
+          _live(f"{key}.bias", [path + ("norm", "bias")], [(c,)], _same, _same_back)]
+
+
+def _dead_linear(key, din, dout, conv1d=False):
+  weight = (dout, din, 1) if conv1d else (dout, din)
+  return [_dead(f"{key}.weight", weight, "torch_default", din),
+          _dead(f"{key}.bias", (dout,), "torch_default", din)]
+
+
+def _res_block(key, path, cin, cout, emb_dim, film):
+  """Official ResBlock keys, in state_dict order (reference section 1.3)."""
+  out = _norm(f"{key}.in_layers.0", path + ("in_norm",), cin)
+  out += _conv(f"{key}.in_layers.2", path + ("in_conv",), cin, cout, 3)
+  if film:
+    out += _linear(f"{key}.emb_layers.1", path + ("emb_proj",), emb_dim, 2 * cout)
+  else:  # the texture encoder's ResBlocks never get a time embedding
+    out += _dead_linear(f"{key}.emb_layers.1", emb_dim, 2 * cout)
+  out += _dead_linear(f"{key}.cond_emb_layers.1", cout, cout)  # never called
+  out += _norm(f"{key}.out_layers.0", path + ("out_norm",), cout)
+  out += _conv(f"{key}.out_layers.3", path + ("out_conv",), cout, cout, 3)
+  if cin != cout:
+    out += _conv(f"{key}.skip_connection", path + ("skip",), cin, cout, 1)
+  return out
+
+
+def _attention(key, path, c):
+  """Official cross-attention keys, in state_dict order (reference section 1.4)."""
+  out = _norm(f"{key}.norm", path + ("norm",), c)
+  out += _dead_linear(f"{key}.qkv", c, 3 * c, conv1d=True)  # self-attention: commented out
+  out += [
+      _live(f"{key}.to_kv.weight", [path + ("to_k", "kernel"), path + ("to_v", "kernel")],
+            [(c, c), (c, c)], _kv_weight_to_ours, _kv_weight_to_official),
+      _live(f"{key}.to_kv.bias", [path + ("to_k", "bias"), path + ("to_v", "bias")],
+            [(c,), (c,)], _kv_bias_to_ours, _kv_bias_to_official),
+  ]
+  out += _conv1d(f"{key}.to_q", path + ("to_q",), c)
+  out += [_dead(f"{key}.proj_out1.weight", (c, c, 1), "zeros"),
+          _dead(f"{key}.proj_out1.bias", (c,), "zeros")]
+  out += _conv1d(f"{key}.proj_out2", path + ("proj_out",), c)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Structure:
+  """What the key layout depends on: widths and which blocks carry attention / up-sampling."""
+  time_dim: int  # width of the sinusoidal timestep embedding
+  embed_dim: int
+  denoiser_in: int  # image + pose channels
+  encoder_in: int
+  out_channels: int
+  first_width: int  # output width of the input conv (block 0)
+  down: tuple[tuple[int, int, bool], ...]  # input blocks 1..: (in, out, has attention)
+  encoder_down: tuple[tuple[int, int], ...]  # encoder blocks 1..: (in, out)
+  middle: int
+  up: tuple[tuple[int, int, bool, bool], ...]  # output blocks: (in incl. skip, out, attn, up)
+
+
+def _structure_from_config(cfg) -> _Structure:
+  from pidm_jax.models.unet import down_path_plan, up_path_plan  # pylint: disable=g-import-not-at-top
+  down = down_path_plan(cfg)
+  up = up_path_plan(cfg)
+  return _Structure(
+      time_dim=int(cfg.base_width), embed_dim=int(cfg.embed_dim),
+      denoiser_in=int(cfg.in_channels + cfg.pose_channels), encoder_in=int(cfg.in_channels),
+      out_channels=int(cfg.out_channels), first_width=down[0].out_channels,
+      down=tuple((p.in_channels, p.out_channels, p.attention) for p in down[1:]),
+      encoder_down=tuple((p.in_channels, p.out_channels) for p in down[1:]),
+      middle=down[-1].out_channels,
+      up=tuple((p.in_channels + p.skip_channels, p.out_channels, p.attention, p.upsample)
+               for p in up))
+
+
+def _structure_from_model(model) -> _Structure:
+  d, e = model.denoiser, model.encoder
+  return _Structure(
+      time_dim=d.time_embed.linear1.in_features, embed_dim=d.time_embed.linear2.out_features,
+      denoiser_in=d.input_conv.in_features, encoder_in=e.input_conv.in_features,
+      out_channels=d.out_conv.out_features, first_width=d.input_conv.out_features,
+      down=tuple((b.res.in_conv.in_features, b.res.in_conv.out_features, b.attn is not None)
+                 for b in d.input_blocks),
+      encoder_down=tuple((b.res.in_conv.in_features, b.res.in_conv.out_features)
+                         for b in e.blocks),
+      middle=d.middle.res1.in_conv.in_features,
+      up=tuple((b.res.in_conv.in_features, b.res.in_conv.out_features, b.attn is not None,
+                b.up is not None) for b in d.output_blocks))
+
+
+def _layout(s: _Structure) -> list[OfficialTensor]:
+  """Every official state_dict tensor, in the official order, with its pidm_jax counterpart."""
+  den, enc = ("denoiser",), ("encoder",)
+  out = _linear("time_embed.time_embed.0", den + ("time_embed", "linear1"), s.time_dim,
+                s.embed_dim)
+  out += _linear("time_embed.time_embed.2", den + ("time_embed", "linear2"), s.embed_dim,
+                 s.embed_dim)
+  out += _conv("input_blocks.0.0", den + ("input_conv",), s.denoiser_in, s.first_width, 3)
+  for k, (cin, cout, attn) in enumerate(s.down, start=1):
+    path = den + ("input_blocks", k - 1)
+    out += _res_block(f"input_blocks.{k}.0", path + ("res",), cin, cout, s.embed_dim, True)
+    if attn:
+      out += _attention(f"input_blocks.{k}.1", path + ("attn",), cout)
+  mid = den + ("middle",)
+  out += _res_block("middle_block.0", mid + ("res1",), s.middle, s.middle, s.embed_dim, True)
+  out += _attention("middle_block.1", mid + ("attn",), s.middle)
+  out += _res_block("middle_block.2", mid + ("res2",), s.middle, s.middle, s.embed_dim, True)
+  for k, (cin, cout, attn, up) in enumerate(s.up):
+    path = den + ("output_blocks", k)
+    out += _res_block(f"output_blocks.{k}.0", path + ("res",), cin, cout, s.embed_dim, True)
+    layer = 1
+    if attn:
+      out += _attention(f"output_blocks.{k}.{layer}", path + ("attn",), cout)
+      layer += 1
+    if up:
+      out += _res_block(f"output_blocks.{k}.{layer}", path + ("up",), cout, cout, s.embed_dim,
+                        True)
+  last = s.up[-1][1] if s.up else s.middle
+  out += _norm("out.0", den + ("out_norm",), last)
+  out += _conv("out.2", den + ("out_conv",), last, s.out_channels, 3)
+  out += _dead_linear("encoder.time_embed.0", s.time_dim, s.embed_dim)
+  out += _dead_linear("encoder.time_embed.2", s.embed_dim, s.embed_dim)
+  out += _conv("encoder.input_blocks.0.0", enc + ("input_conv",), s.encoder_in, s.first_width, 3)
+  for k, (cin, cout) in enumerate(s.encoder_down, start=1):
+    out += _res_block(f"encoder.input_blocks.{k}.0", enc + ("blocks", k - 1, "res"), cin, cout,
+                      s.embed_dim, False)
+  return out
+
+
+def official_layout(model_config) -> list[OfficialTensor]:
+  """The official state_dict of a model config: every key in order, its shape, live or dead.
+
+  For the paper's config (``configs/default.py``) these are the 852 tensors of reference section 3
+  (668 live, 184 dead).
+  """
+  return _layout(_structure_from_config(model_config))
+
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def select_state_dict(checkpoint, entry: str | None = None) -> dict[str, np.ndarray]:
+  """Picks the state_dict out of a loaded checkpoint.
+
+  Args:
+    checkpoint: what :func:`load_torch_checkpoint` returned: a training checkpoint
+      (``{"model", "ema", ...}``) or a bare state_dict.
+    entry: which entry of a training checkpoint to use ("ema" or "model"); None means "ema".
+      Must be None for a bare state_dict.
+  Returns:
+    {official key: array}, with a DDP ``module.`` (or ``_orig_mod.``) prefix removed.
+  """
+  if not isinstance(checkpoint, dict):
+    raise ValueError(f"checkpoint holds a {type(checkpoint).__name__}, not a dict")
+  bare = checkpoint and all(isinstance(v, np.ndarray) for v in checkpoint.values())
+  if bare:
+    if entry is not None:
+      raise ValueError(
+          f"this checkpoint is a bare state_dict ({len(checkpoint)} tensors), it has no "
+          f"{entry!r} entry: leave the entry unset")
+    state_dict = checkpoint
+  else:
+    entry = entry or "ema"
+    if entry not in checkpoint:
+      raise ValueError(
+          f"checkpoint has no {entry!r} entry; its entries are: "
+          f"{', '.join(map(repr, checkpoint))}")
+    state_dict = checkpoint[entry]
+    if not isinstance(state_dict, dict):
+      raise ValueError(f"checkpoint entry {entry!r} is a {type(state_dict).__name__}, "
+                       "not a state_dict")
+  for prefix in _WRAPPER_PREFIXES:
+    if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
+      state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+  return dict(state_dict)
+
+
+def _check_state_dict(state_dict, layout: list[OfficialTensor]) -> None:
+  """Raises ValueError listing every missing, unknown, non-tensor or wrongly shaped key."""
+  live = {t.key: t for t in layout if t.live}
+  dead = {t.key for t in layout if not t.live}
+  missing = [k for k in live if k not in state_dict]
+  unknown = [k for k in state_dict if k not in live and k not in dead]
+  not_tensors, wrong_shape = [], []
+  for key, value in state_dict.items():
+    if key not in live:
+      continue
+    if not isinstance(value, np.ndarray):
+      not_tensors.append(f"{key} ({type(value).__name__})")
+    elif tuple(value.shape) != live[key].shape:
+      wrong_shape.append(f"{key}: {tuple(value.shape)}, expected {live[key].shape}")
+  problems = []
+  for title, items in (("missing keys", missing), ("unknown keys", unknown),
+                       ("values that are not tensors", not_tensors),
+                       ("wrong shapes", wrong_shape)):
+    if items:
+      problems.append(f"{len(items)} {title}:\n  " + "\n  ".join(items))
+  if problems:
+    raise ValueError(
+        "the state_dict does not match the official PIDM layout of this model config (is the "
+        "config the one the checkpoint was trained with?)\n" + "\n".join(problems))
+
+
+def official_to_params(state_dict, model_config) -> dict[Path, np.ndarray]:
+  """Official state_dict -> {NNX parameter path: array in pidm_jax layout} (dead keys dropped).
+
+  Raises:
+    ValueError: listing every missing key, unknown key, non-tensor value and wrong shape.
+  """
+  layout = official_layout(model_config)
+  _check_state_dict(state_dict, layout)
+  params = {}
+  for t in layout:
+    if t.live:
+      for path, value in zip(t.ours, t.to_ours(np.asarray(state_dict[t.key]))):
+        params[path] = value
+  return params
+
+
+def _abstract_model(model_config, seed: int):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from pidm_jax.models import PIDM  # pylint: disable=g-import-not-at-top
+  return nnx.eval_shape(lambda: PIDM(model_config, rngs=nnx.Rngs(seed)))
+
+
+def convert_official_state_dict(state_dict, model_config, *, seed: int = 0):
+  """Builds a :class:`~pidm_jax.models.PIDM` holding the weights of an official state_dict.
+
+  Args:
+    state_dict: {official key: array}, e.g. ``select_state_dict(load_torch_checkpoint(path))``.
+      The 184 dead official tensors (reference section 3.3) may be present or not; they are
+      skipped by name.
+    model_config: the ``model`` section of a pidm_jax config (``configs/default.py`` for the
+      released checkpoint).
+    seed: seeds the model's dropout random stream (no parameter is drawn at random).
+  Returns:
+    The model with every parameter set from the state_dict (float arrays are cast to the
+    config's ``param_dtype``), in the mode a new PIDM starts in (call ``.eval()`` to sample).
+  Raises:
+    ValueError: listing every missing key, unknown key, non-tensor value and wrong shape.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  params = official_to_params(state_dict, model_config)
+  graphdef, param_state, rest = nnx.split(_abstract_model(model_config, seed), nnx.Param, ...)
+  flat = list(nnx.to_flat_state(param_state))
+  mismatch = {path for path, _ in flat} ^ set(params)
+  if mismatch:  # the layout and the model disagree: a bug here, not in the user's input
+    raise RuntimeError(f"convert layout does not cover the model: {sorted(map(str, mismatch))}")
+  for path, var in flat:
+    target = var.get_value()
+    if tuple(params[path].shape) != tuple(target.shape):
+      raise RuntimeError(f"convert layout shape {params[path].shape} != model shape "
+                         f"{target.shape} at {path}")
+    var.set_value(jnp.asarray(np.asarray(params[path], dtype=np.float32), dtype=target.dtype))
+  model = nnx.merge(graphdef, param_state, rest)
+  nnx.reseed(model, default=seed)
+  return model
+
+
+def _dead_value(t: OfficialTensor, seed: int) -> np.ndarray:
+  if t.init == "zeros":
+    return np.zeros(t.shape, np.float32)
+  rng = np.random.default_rng([seed, zlib.crc32(t.key.encode())])
+  bound = 1.0 / math.sqrt(t.fan_in)
+  return rng.uniform(-bound, bound, t.shape).astype(np.float32)
+
+
+def export_official_state_dict(model, *, seed: int = 0) -> dict[str, np.ndarray]:
+  """A pidm_jax PIDM's weights as an official state_dict (key order, layouts, float32).
+
+  Every key the official model has is written, dead tensors included, so the official code loads
+  it with ``strict=True``. Dead tensors are filled as the official initialisation leaves them
+  (training never changes them): zeros for the zero-initialised ``proj_out1``, and PyTorch's
+  default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) draws for ``cond_emb_layers``, ``qkv``, the
+  encoder's ``emb_layers`` and ``encoder.time_embed``, from a NumPy generator seeded with
+  (``seed``, CRC-32 of the key), so the output is deterministic.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  flat = {path: var.get_value()
+          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  out = {}
+  for t in _layout(_structure_from_model(model)):
+    if t.live:
+      value = t.to_official(*[np.asarray(flat[p], dtype=np.float32) for p in t.ours])
+      out[t.key] = np.ascontiguousarray(value, dtype=np.float32)
+    else:
+      out[t.key] = _dead_value(t, seed)
+  return out
+
+
+# =================================================================================================
+# 3. Files and the command line
+# =================================================================================================
+
+# ---- TO MOVE to pidm_jax/checkpointing.py (the one module that talks to Orbax) once it exists. ----
+def _save_params(directory, params_state, config) -> None:
+  """Writes a parameter State as an Orbax checkpoint: ``<dir>/params`` and ``<dir>/config.json``."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = epath.Path(directory).absolute()
+  directory.mkdir(parents=True, exist_ok=True)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory / "params", nnx.to_pure_dict(params_state))
+  (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def _restore_params(directory, model_config):
+  """Reads what :func:`_save_params` wrote into a PIDM built from ``model_config``."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = epath.Path(directory).absolute()
+  if not (directory / "params").exists():
+    raise FileNotFoundError(f"no pidm_jax parameter checkpoint at {directory} (expected "
+                            f"{directory / 'params'})")
+  graphdef, params, rest = nnx.split(_abstract_model(model_config, 0), nnx.Param, ...)
+  with ocp.StandardCheckpointer() as checkpointer:
+    pure = checkpointer.restore(directory / "params",
+                                _shape_dtype_tree(nnx.to_pure_dict(params)))
+  nnx.replace_by_pure_dict(params, pure)
+  model = nnx.merge(graphdef, params, rest)
+  nnx.reseed(model, default=0)
+  return model
+
+
+def _shape_dtype_tree(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+# ---- end of the part to move. ----
+
+
+def save_torch_state_dict(path, state_dict: dict[str, np.ndarray]) -> str:
+  """Writes an official state_dict for the official PyTorch code; returns the path written.
+
+  ``*.safetensors`` paths get a safetensors file (load with ``safetensors.torch.load_file``).
+  Otherwise, when PyTorch is importable, a ``torch.save`` file of ``{"ema": sd, "model": sd}``
+  (what the official ``predict.py`` / ``train.py`` read; both entries share storage); without
+  PyTorch, a ``.safetensors`` file next to the requested name.
+  """
+  path = os.fspath(path)
+  if not path.endswith(".safetensors"):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      path = os.path.splitext(path)[0] + ".safetensors"
+    else:
+      tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+      torch.save({"ema": tensors, "model": tensors}, path)
+      return path
+  save_safetensors(path, state_dict, metadata={"format": "pt"})
+  return path
+
+
+def load_config(path):
+  """Runs a config file's ``get_config()`` (an ml_collections ConfigDict)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  spec = importlib.util.spec_from_file_location("_pidm_convert_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path} has no get_config()")
+  return module.get_config()
+
+
+def main(argv=None) -> int:
+  """Command line: official checkpoint -> Orbax (default) or pidm_jax Orbax -> official."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog="python -m pidm_jax.convert",
+      description="Convert the official PIDM PyTorch checkpoint to a pidm_jax Orbax checkpoint "
+                  "(needs no PyTorch; pickled code is never run), or back with --to-torch.")
+  parser.add_argument("--checkpoint", required=True,
+                      help="official checkpoint (torch.save file, e.g. last.pt, or .safetensors); "
+                           "with --to-torch: a pidm_jax checkpoint directory written by this tool")
+  parser.add_argument("--output", required=True,
+                      help="output checkpoint directory; with --to-torch: output file "
+                           "(.pt, or .safetensors)")
+  parser.add_argument("--entry", choices=("ema", "model"), default=None,
+                      help="which weights of a training checkpoint to convert (default: ema)")
+  parser.add_argument("--config", default=os.path.join("configs", "default.py"),
+                      help="pidm_jax config file whose model section matches the checkpoint")
+  parser.add_argument("--to-torch", action="store_true",
+                      help="export pidm_jax weights as an official state_dict instead")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seed of the dropout stream (import) / of dead tensors (export)")
+  args = parser.parse_args(argv)
+  config = load_config(args.config)
+
+  if args.to_torch:
+    model = _restore_params(args.checkpoint, config.model)
+    written = save_torch_state_dict(args.output, export_official_state_dict(model, seed=args.seed))
+    note = "" if written == args.output else " (PyTorch is not installed: wrote safetensors)"
+    print(f"wrote official state_dict to {written}{note}")
+    return 0
+
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  checkpoint = load_torch_checkpoint(args.checkpoint)
+  state_dict = select_state_dict(checkpoint, args.entry)
+  model = convert_official_state_dict(state_dict, config.model, seed=args.seed)
+  _save_params(args.output, nnx.state(model, nnx.Param), config)
+  source = "bare state_dict" if state_dict is checkpoint or len(state_dict) == len(checkpoint) \
+      else f"entry {args.entry or 'ema'!r}"
+  print(f"converted {len(state_dict)} tensors ({source}) of {args.checkpoint} into {args.output}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
