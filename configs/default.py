@@ -85,4 +85,12 @@ def get_config() -> ml_collections.ConfigDict:
   mesh.fsdp = 1
   mesh.dcn_data = 1
   mesh.dcn_fsdp = 1
+
+  # Logical parameter axes -> mesh axes; tensors under min_shard_size elements stay replicated.
+  config.sharding = sharding = ml_collections.ConfigDict()
+  sharding.rules = (
+      ("conv_height", None), ("conv_width", None), ("conv_in", None), ("conv_out", "fsdp"),
+      ("dense_in", None), ("dense_out", "fsdp"), ("norm", None),
+  )
+  sharding.min_shard_size = 2**16
   return config

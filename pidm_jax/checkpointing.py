@@ -1,0 +1,208 @@
+"""The one module that reads and writes Orbax checkpoints.
+
+A checkpoint directory is an Orbax ``CheckpointManager`` directory: one sub-directory per step,
+each holding these items:
+
+* ``ema_params``: the EMA parameters (what sampling and evaluation use). Converted official
+  weights are written as a step-0 checkpoint with only this item (and ``config``).
+* ``train_state``: step, parameters, Optax state and RNG of a training run (absent in a
+  parameters-only checkpoint).
+* ``data_iterator``: the grain iterator state of each process, so a resumed run sees exactly the
+  data it would have seen.
+* ``config``: the run's config as JSON (also written beside the steps as ``config.json``).
+
+Parameters are stored as pure nested dicts (``nnx.State.to_pure_dict()``). Restores go against an
+abstract target that carries the *current* shardings, so a checkpoint written on one mesh restores
+onto any other mesh or device count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from pidm_jax import sharding as sharding_lib
+
+EMA_PARAMS = "ema_params"
+TRAIN_STATE = "train_state"
+DATA_ITERATOR = "data_iterator"
+CONFIG = "config"
+
+
+def config_to_json(config) -> dict:
+  """A JSON-serialisable dict of a ConfigDict."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json_best_effort())
+  return dict(config)
+
+
+def _abs(path) -> str:
+  return os.path.abspath(os.fspath(path))
+
+
+def pure_params(params: Any) -> dict:
+  """Parameters as a pure nested dict, from a PIDM, an nnx.State or a pure dict."""
+  if isinstance(params, nnx.Module):
+    params = nnx.state(params, nnx.Param)
+  if isinstance(params, nnx.State):
+    params = params.to_pure_dict()
+  return params
+
+
+def create_manager(directory, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
+                   async_save: bool = True, item_names=None) -> ocp.CheckpointManager:
+  """An Orbax CheckpointManager over ``directory`` (created if needed)."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep,
+      save_interval_steps=save_interval_steps,
+      enable_async_checkpointing=async_save,
+      create=True,
+  )
+  return ocp.CheckpointManager(_abs(directory), options=options, item_names=item_names)
+
+
+def save_params(directory, params: Any, config, step: int = 0) -> str:
+  """Writes a parameters-only checkpoint (``ema_params`` + ``config``) and returns its path."""
+  mngr = create_manager(directory, max_to_keep=None, async_save=False)
+  mngr.save(step, args=ocp.args.Composite(**{
+      EMA_PARAMS: ocp.args.StandardSave(pure_params(params)),
+      CONFIG: ocp.args.JsonSave(config_to_json(config)),
+  }), force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  write_config_json(directory, config)
+  return _abs(directory)
+
+
+def write_config_json(directory, config) -> None:
+  if jax.process_index() == 0:
+    path = epath.Path(_abs(directory)) / "config.json"
+    path.write_text(json.dumps(config_to_json(config), indent=2, sort_keys=True))
+
+
+def latest_step(directory) -> int | None:
+  """The newest step in a checkpoint directory, or None if it holds none."""
+  if not epath.Path(_abs(directory)).exists():
+    return None
+  mngr = create_manager(directory, async_save=False)
+  try:
+    return mngr.latest_step()
+  finally:
+    mngr.close()
+
+
+def abstract_model(model_config) -> nnx.Module:
+  from pidm_jax.models import PIDM  # imported here: the models do not depend on Orbax
+  return nnx.eval_shape(lambda: PIDM(model_config, rngs=nnx.Rngs(0)))
+
+
+def abstract_params(model_config, mesh=None, config=None) -> dict:
+  """Pure-dict ShapeDtypeStructs of the model's parameters, with shardings on ``mesh``."""
+  params = nnx.state(abstract_model(model_config), nnx.Param)
+  if mesh is None:
+    shard = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: shard, params)
+  else:
+    rules = sharding_lib.rules_from_config(config) if config is not None else \
+        sharding_lib.DEFAULT_RULES
+    min_size = sharding_lib.min_shard_size_from_config(config) if config is not None else \
+        sharding_lib.DEFAULT_MIN_SHARD_SIZE
+    shardings = sharding_lib.state_shardings(params, mesh, rules, min_size)
+  target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                        params.to_pure_dict(), shardings.to_pure_dict())
+  return target
+
+
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _describe_mismatch(directory, step, target) -> str:
+  """Lists the differences between a stored parameter tree and the expected one."""
+  try:
+    mngr = ocp.CheckpointManager(
+        _abs(directory), item_handlers={EMA_PARAMS: ocp.StandardCheckpointHandler()})
+    meta = mngr.item_metadata(step)
+    mngr.close()
+    stored = meta[EMA_PARAMS] if meta is not None else None
+    stored = getattr(stored, "tree", stored)
+    stored_flat = {_path_str(p): tuple(getattr(v, "shape", ()))
+                   for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+  except Exception as e:  # pylint: disable=broad-except
+    return f"(could not read the stored structure: {e})"
+  want = {_path_str(p): tuple(v.shape)
+          for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+  missing = sorted(set(want) - set(stored_flat))
+  extra = sorted(set(stored_flat) - set(want))
+  shapes = sorted(k for k in set(want) & set(stored_flat) if want[k] != stored_flat[k])
+  parts = []
+  for name, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", shapes)):
+    if keys:
+      detail = [f"{k} {stored_flat.get(k, '')}->{want.get(k, '')}" if name == "wrong shape"
+                else k for k in keys[:5]]
+      parts.append(f"{len(keys)} {name} (e.g. {', '.join(detail)})")
+  return "; ".join(parts) or "structures differ"
+
+
+def restore_ema_params(directory, model_config, *, mesh=None, config=None,
+                       step: int | None = None) -> dict:
+  """Restores the EMA parameters of ``step`` (default: newest) as a pure dict on ``mesh``.
+
+  Raises FileNotFoundError when the directory holds no checkpoint and ValueError, listing the
+  differences, when the stored parameters do not match ``model_config``.
+  """
+  path = epath.Path(_abs(directory))
+  if not path.exists():
+    raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+  mngr = create_manager(directory, async_save=False)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{directory} holds no checkpoint (no step directories)")
+    target = abstract_params(model_config, mesh, config)
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(**{
+          EMA_PARAMS: ocp.args.StandardRestore(target)}))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(
+          f"checkpoint {directory} (step {step}) does not match the model config: "
+          f"{_describe_mismatch(directory, step, target)}") from e
+    return restored[EMA_PARAMS]
+  finally:
+    mngr.close()
+
+
+def _placeholder_value(x):
+  """Concrete values for the non-parameter state of an eval-mode model (dropout RNG streams)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.split(jax.random.key(0), x.shape) if x.shape else jax.random.key(0)
+  return jax.numpy.zeros(x.shape, x.dtype)
+
+
+def load_model(directory, config, *, mesh=None, step: int | None = None) -> nnx.Module:
+  """A PIDM in eval mode holding the EMA parameters of a checkpoint, sharded on ``mesh``."""
+  model = abstract_model(config.model)
+  params = restore_ema_params(directory, config.model, mesh=mesh, config=config, step=step)
+  graphdef, abstract_state, rest = nnx.split(model, nnx.Param, ...)
+  state = nnx.State(abstract_state)
+  nnx.replace_by_pure_dict(state, params)
+  rest = jax.tree.map(_placeholder_value, rest)
+  loaded = nnx.merge(graphdef, state, rest)
+  loaded.eval()
+  return loaded
+
+
+def read_config_json(directory) -> dict | None:
+  """The config stored beside a checkpoint, or None."""
+  path = epath.Path(_abs(directory)) / "config.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  return None
+
