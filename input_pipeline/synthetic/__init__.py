@@ -1,0 +1,1 @@
+"""Procedural people for the ``synthetic_people`` data set (see ``person.py``)."""
