@@ -10,11 +10,11 @@ Three parts, in file order:
    only records what the pickle said about it, and a pickle that names code-running callables
    (``os.system``, ``builtins.eval``, ``subprocess.*``, ...) is refused with
    :class:`UnsafePickleError` before anything runs. The zip format of torch >= 1.6, the legacy
-   (pre-1.6) stream format and ``.safetensors`` files are read.
+   (pre-1.6) stream format, ``.safetensors`` and ``.npz`` files are read.
 
-2. **The official <-> pidm_jax name and layout mapping** (:func:`official_key_layout`), derived
-   from the model's block structure (which follows ``down_path_plan``/``up_path_plan``), so it
-   holds for any config. :func:`convert_official_state_dict` loads an official state_dict into a
+2. **The official <-> pidm_jax name and layout mapping** (:func:`official_layout`), derived
+   from the block plan (``down_path_plan``/``up_path_plan``) of the model config, or from the
+   block structure of a built model, so it holds for any config. :func:`convert_official_state_dict` loads an official state_dict into a
    :class:`~pidm_jax.models.PIDM`; :func:`export_official_state_dict` writes one back.
 
 3. **The command line**: ``python -m pidm_jax.convert --checkpoint last.pt --output DIR`` writes an
@@ -386,6 +386,7 @@ def _load_torch_legacy(path: str):
     raise CheckpointFormatError(f"{path}: unexpected storage in a header pickle: {pid!r:.100}")
 
   with open(path, "rb") as f:
+    file_size = os.fstat(f.fileno()).st_size
     header = [_RestrictedUnpickler(f, no_storage).load() for _ in range(3)]
     if header[0] != _LEGACY_MAGIC or header[1] != _LEGACY_PROTOCOL:
       raise CheckpointFormatError(f"{path}: not a torch checkpoint (bad magic/protocol)")
@@ -410,6 +411,9 @@ def _load_torch_legacy(path: str):
         raise CheckpointFormatError(f"{path}: data for unknown storage {key!r}")
       (numel,) = struct.unpack(">q" if big_endian else "<q", f.read(8))
       dtype = storages[key].dtype
+      if not 0 <= numel * dtype.itemsize <= file_size - f.tell():
+        raise CheckpointFormatError(f"{path}: storage {key} claims {numel} elements, more than "
+                                    "the file holds")
       raw = np.frombuffer(f.read(numel * dtype.itemsize), np.uint8)
       storages[key].data = _typed(raw, dtype, numel, big_endian, f"{path}: storage {key}")
 

@@ -263,8 +263,8 @@ def _random_official(layout, seed=0):
   rng = np.random.default_rng(seed)
   sd = {}
   for t in layout:
-    norm = any(f"{s}." in t.key + "." for s in (".in_layers.0", ".out_layers.0", ".norm")) or \
-        t.key.startswith("out.0.")
+    norm = (any(part in t.key for part in (".in_layers.0.", ".out_layers.0.", ".norm."))
+            or t.key.startswith("out.0."))
     if len(t.shape) == 1:
       value = (1.0 if norm and t.key.endswith("weight") else 0.0) + 0.2 * rng.normal(size=t.shape)
     else:
