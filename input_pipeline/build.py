@@ -1,0 +1,66 @@
+"""Builds a pidm_jax TFDS data set into a data dir (``tfds build`` needs TensorFlow; this does not).
+
+  python -m input_pipeline.build --dataset=deep_fashion/res256 \
+      --manual_dir=/path/to/deepfashion --data_dir=/path/to/tensorflow_datasets
+
+``--dataset`` is ``name[/config]``: deep_fashion, market1501, person_folder or synthetic_people.
+The records are written as ArrayRecord, the format ``tfds.data_source`` (and so the grain pipeline)
+reads.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import tensorflow_datasets as tfds
+
+# Builder name -> module that registers it with TFDS.
+BUILDER_MODULES = {
+    "deep_fashion": "input_pipeline.deep_fashion",
+    "market1501": "input_pipeline.market1501",
+    "person_folder": "input_pipeline.folder",
+    "synthetic_people": "input_pipeline.synthetic_people",
+}
+
+
+def register(name: str) -> None:
+  """Imports the module defining builder ``name`` (``name[/config]``) so TFDS knows it.
+
+  Names that are not pidm_jax builders are left to TFDS.
+  """
+  module = BUILDER_MODULES.get(name.split("/")[0].split(":")[0])
+  if module is not None:
+    importlib.import_module(module)
+
+
+def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """The TFDS builder ``name[/config]`` writing ArrayRecord files under ``data_dir``."""
+  register(name)
+  return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+
+
+def build(name: str, data_dir: str | None = None, manual_dir: str | None = None
+          ) -> tfds.core.DatasetBuilder:
+  """Builds ``name[/config]`` (from ``manual_dir`` for the manual data sets); returns its builder.
+
+  A data set already built in ``data_dir`` is reused as TFDS does.
+  """
+  b = builder(name, data_dir)
+  b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return b
+
+
+def main(argv):
+  del argv
+  build(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+
+
+if __name__ == "__main__":
+  from absl import app
+  from absl import flags
+
+  flags.DEFINE_string("dataset", None, "name[/config], e.g. deep_fashion/res256", required=True)
+  flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's)")
+  flags.DEFINE_string("manual_dir", None, "folder of the manually downloaded files")
+  FLAGS = flags.FLAGS
+  app.run(main)
