@@ -392,8 +392,11 @@ def _to_keypoints(values, path, expected: str, dtype) -> np.ndarray:
 def read_keypoints_txt(path, dtype=np.float32) -> np.ndarray:
     """Reads a PIDM/NTED keypoint file: 18 lines of ``x y`` (whitespace separated), -1 missing."""
     expected = f"{NUM_KEYPOINTS} lines of 'x y'"
-    with open(path, encoding="utf-8") as f:
-        rows = [line.split() for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = [line.split() for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise _fail(path, expected, "a binary file") from None
     if len(rows) != NUM_KEYPOINTS or any(len(r) != 2 for r in rows):
         raise _fail(path, expected, f"{len(rows)} lines of {sorted({len(r) for r in rows})} values")
     return _to_keypoints(rows, path, expected, dtype)
@@ -439,12 +442,14 @@ def read_openpose_json(path, threshold: float = 0.05, dtype=np.float32) -> np.nd
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _fail(path, "OpenPose JSON", f"invalid JSON ({e})") from None
     people = data.get("people") if isinstance(data, Mapping) else None
-    if not people:
+    if not people or not isinstance(people, list):
         raise _fail(path, "an OpenPose JSON with at least one entry in 'people'", "no person")
     person = people[0]
+    if not isinstance(person, Mapping):
+        raise _fail(path, "an object per person in 'people'", repr(person)[:80])
     values = person.get("pose_keypoints_2d", person.get("pose_keypoints"))
     if values is None:
         raise _fail(path, "'pose_keypoints_2d' in the first person", f"keys {sorted(person)}")

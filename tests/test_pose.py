@@ -267,10 +267,14 @@ def test_read_keypoints_txt(tmp_path):
     ("1 2 3\n" * 18, "18 lines"),
     ("1 2\n" * 17 + "1 x\n", "non-numeric"),
     ("1 2\n" * 17 + "1 nan\n", "NaN"),
+    (b"\x89PNG\r\n\x1a\n\xff\xfe", "binary"),
 ])
 def test_read_keypoints_txt_malformed(tmp_path, content, what):
     path = tmp_path / "bad.txt"
-    path.write_text(content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     with pytest.raises(ValueError, match=f"bad.txt.*{what}"):
         pose.read_keypoints_txt(path)
 
@@ -356,6 +360,7 @@ def test_read_openpose_body25(tmp_path):
     ('{"people": [{"face_keypoints_2d": []}]}', "pose_keypoints_2d"),
     ('{"people": [{"pose_keypoints_2d": ["a", "b", "c"]}]}', "numeric"),
     ("{not json", "invalid JSON"),
+    ('{"people": [[1, 2, 3]]}', "object per person"),
 ])
 def test_read_openpose_malformed(tmp_path, text, what):
     path = tmp_path / "bad.json"
