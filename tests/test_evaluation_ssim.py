@@ -76,3 +76,22 @@ def test_errors_name_the_problem():
         ssim.ssim_uniform(a, a, win_size=51)
     with pytest.raises(ValueError, match="odd"):
         ssim.structural_similarity(a, a, 1.0, win_size=8)
+
+
+def test_float32_path_and_inside_jit():
+    import jax
+
+    rng = np.random.default_rng(4)
+    pred, target = _pairs(rng, 2, 64, 48, 5.0)
+    want = [sk_ssim(t, p, gaussian_weights=True, sigma=1.2, use_sample_covariance=False,
+                    channel_axis=-1, data_range=p.max() - p.min()) for p, t in zip(pred, target)]
+    exact = ssim.ssim_gaussian(pred, target)
+    assert exact.dtype == np.float64
+    np.testing.assert_allclose(np.asarray(exact), want, atol=1e-12)
+    single = ssim.ssim_gaussian(pred.astype(np.float32), target.astype(np.float32), float64=False)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(np.asarray(single), want, atol=1e-6)
+    # Inside a trace x64 cannot be switched on: the float32 computation is used.
+    jitted = jax.jit(lambda p, t: ssim.ssim_gaussian(p, t))(pred.astype(np.float32),
+                                                           target.astype(np.float32))
+    np.testing.assert_allclose(np.asarray(jitted), want, atol=1e-6)

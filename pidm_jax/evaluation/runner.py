@@ -123,25 +123,33 @@ def _split(model):
     return nnx.split(model) if model is not None else (None, None)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("lp_def", "inc_def", "sigma", "win_size", "with_masks")
-)
-def _pair_step(lp_state, inc_state, gen, gt, mask, *, lp_def, inc_def, sigma, win_size, with_masks):
-    """Per-pair metrics of one batch: gen/gt float32 [0, 255] (N, H, W, 3), mask (N, H, W, 1)."""
-    out = {
-        "ssim": ssim_lib.ssim_gaussian(gen, gt, sigma=sigma),
-        "ssim_win51": ssim_lib.ssim_uniform(gen / 255.0, gt / 255.0, win_size=win_size),
-    }
+@functools.partial(jax.jit, static_argnames=("lp_def", "inc_def", "with_masks"))
+def _network_step(lp_state, inc_state, gen, gt, mask, *, lp_def, inc_def, with_masks):
+    """LPIPS / Inception features of one batch: gen/gt float32 [0, 255], mask (N, H, W, 1)."""
+    out = {}
     gen_pm, gt_pm = gen / 127.5 - 1.0, gt / 127.5 - 1.0
-    lp = nnx.merge(lp_def, lp_state) if lp_def is not None else None
-    if lp is not None:
+    if lp_def is not None:
+        lp = nnx.merge(lp_def, lp_state)
         out["lpips"] = lp(gen_pm, gt_pm)
+        if with_masks:
+            out["mask_lpips"] = lp(gen_pm * mask, gt_pm * mask)
     if inc_def is not None:
         out["features"] = nnx.merge(inc_def, inc_state)(gen / 255.0)
+    return out
+
+
+def _pair_step(lp_state, inc_state, gen, gt, mask, *, lp_def, inc_def, sigma, win_size,
+               with_masks):
+    """Per-pair metrics of one sharded batch (SSIM in float64, networks in one jitted call)."""
+    out = _network_step(lp_state, inc_state, gen, gt, mask, lp_def=lp_def, inc_def=inc_def,
+                        with_masks=with_masks)
+    out["ssim"] = ssim_lib.ssim_gaussian(gen, gt, sigma=sigma)
+    # = ssim_uniform(gen / 255, gt / 255): SSIM is unchanged when images and data range scale
+    # together, and the [0, 1] scaling then happens in float64.
+    out["ssim_win51"] = ssim_lib.structural_similarity(gen, gt, 255.0, win_size=win_size,
+                                                       use_sample_covariance=True)
     if with_masks:
         out["mask_ssim"] = ssim_lib.ssim_gaussian(gen * mask, gt * mask, sigma=sigma)
-        if lp is not None:
-            out["mask_lpips"] = lp(gen_pm * mask, gt_pm * mask)
     return out
 
 
