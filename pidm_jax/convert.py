@@ -17,8 +17,10 @@ Three parts, in file order:
    block structure of a built model, so it holds for any config. :func:`convert_official_state_dict` loads an official state_dict into a
    :class:`~pidm_jax.models.PIDM`; :func:`export_official_state_dict` writes one back.
 
-3. **The command line**: ``python -m pidm_jax.convert --checkpoint last.pt --output DIR`` writes an
-   Orbax checkpoint of the converted (EMA by default) weights; ``--to-torch`` goes the other way.
+3. **The command line**: ``python -m pidm_jax.convert --checkpoint last.pt --output DIR`` writes a
+   parameters-only Orbax checkpoint (:func:`pidm_jax.checkpointing.save_params`) of the converted
+   (EMA by default) weights, which sampling loads and training can start from; ``--to-torch``
+   goes the other way.
 
 Layouts (reference section 3.1): Conv2d weight (O, I, kh, kw) -> kernel (kh, kw, I, O); Linear
 (O, I) -> (I, O); attention Conv1d (O, I, 1) -> Dense kernel (I, O); ``to_kv`` (2C, C, 1) is split
@@ -944,44 +946,6 @@ def export_official_state_dict(model, *, seed: int = 0) -> dict[str, np.ndarray]
 # 3. Files and the command line
 # =================================================================================================
 
-# ---- TO MOVE to pidm_jax/checkpointing.py (the one module that talks to Orbax) once it exists. ----
-def _save_params(directory, params_state, config) -> None:
-  """Writes a parameter State as an Orbax checkpoint: ``<dir>/params`` and ``<dir>/config.json``."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  directory = epath.Path(directory).absolute()
-  directory.mkdir(parents=True, exist_ok=True)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(directory / "params", nnx.to_pure_dict(params_state))
-  (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-
-def _restore_params(directory, model_config):
-  """Reads what :func:`_save_params` wrote into a PIDM built from ``model_config``."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  directory = epath.Path(directory).absolute()
-  if not (directory / "params").exists():
-    raise FileNotFoundError(f"no pidm_jax parameter checkpoint at {directory} (expected "
-                            f"{directory / 'params'})")
-  graphdef, params, rest = nnx.split(_abstract_model(model_config, 0), nnx.Param, ...)
-  with ocp.StandardCheckpointer() as checkpointer:
-    pure = checkpointer.restore(directory / "params",
-                                _shape_dtype_tree(nnx.to_pure_dict(params)))
-  nnx.replace_by_pure_dict(params, pure)
-  model = nnx.merge(graphdef, params, rest)
-  nnx.reseed(model, default=0)
-  return model
-
-
-def _shape_dtype_tree(tree):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-# ---- end of the part to move. ----
-
-
 def save_torch_state_dict(path, state_dict: dict[str, np.ndarray]) -> str:
   """Writes an official state_dict for the official PyTorch code; returns the path written.
 
@@ -1027,7 +991,7 @@ def main(argv=None) -> int:
                   "(needs no PyTorch; pickled code is never run), or back with --to-torch.")
   parser.add_argument("--checkpoint", required=True,
                       help="official checkpoint (torch.save file, e.g. last.pt, or .safetensors); "
-                           "with --to-torch: a pidm_jax checkpoint directory written by this tool")
+                           "with --to-torch: a pidm_jax checkpoint directory (its EMA weights)")
   parser.add_argument("--output", required=True,
                       help="output checkpoint directory; with --to-torch: output file "
                            "(.pt, or .safetensors)")
@@ -1042,18 +1006,18 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   config = load_config(args.config)
 
+  from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
   if args.to_torch:
-    model = _restore_params(args.checkpoint, config.model)
+    model = checkpointing.load_model(args.checkpoint, config)
     written = save_torch_state_dict(args.output, export_official_state_dict(model, seed=args.seed))
     note = "" if written == args.output else " (PyTorch is not installed: wrote safetensors)"
     print(f"wrote official state_dict to {written}{note}")
     return 0
 
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   checkpoint = load_torch_checkpoint(args.checkpoint)
   state_dict = select_state_dict(checkpoint, args.entry)
   model = convert_official_state_dict(state_dict, config.model, seed=args.seed)
-  _save_params(args.output, nnx.state(model, nnx.Param), config)
+  checkpointing.save_params(args.output, model, config)
   source = "bare state_dict" if state_dict is checkpoint or len(state_dict) == len(checkpoint) \
       else f"entry {args.entry or 'ema'!r}"
   print(f"converted {len(state_dict)} tensors ({source}) of {args.checkpoint} into {args.output}")
