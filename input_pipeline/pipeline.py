@@ -66,7 +66,7 @@ _TO_FLOAT = ((np.arange(256, dtype=np.float32) / np.float32(255)) - np.float32(0
 
 def to_float_image(image: np.ndarray) -> np.ndarray:
   """uint8 (H, W, 3) -> float32 in [-1, 1], bit-identical to the official ToTensor + Normalize."""
-  return _TO_FLOAT[image]
+  return np.take(_TO_FLOAT, image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +121,7 @@ class PairTransform:
           image, pose_map = image[:, ::-1], pose_map[:, ::-1]
           kp = pose.flip_keypoints(kp, w)
       out[f"{side}_image"] = to_float_image(image)
-      out[f"{side}_pose"] = np.ascontiguousarray(pose_map)
+      out[f"{side}_pose"] = pose_map  # a mirrored view when flipped: batching copies it once
       out[f"{side}_keypoints"] = kp.astype(np.float32)
     return out
 
