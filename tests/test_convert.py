@@ -218,7 +218,8 @@ def test_torch_save_checkpoint_with_unimportable_conf_loads(tmp_path, zip_format
         "half": torch.randn(5, generator=gen).half(),
         "bf16": torch.randn(2, 3, generator=gen).bfloat16(),
         "steps": torch.tensor([1, 2, 3]), "mask": torch.tensor([True, False])}
-  ckpt = {"model": sd, "ema": {k: v.clone() for k, v in sd.items()},
+  module_sd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4)).state_dict()
+  ckpt = {"model": sd, "ema": {k: v.clone() for k, v in sd.items()}, "module": module_sd,
           "param": torch.nn.Parameter(torch.ones(2)), "conf": conf_cls(),
           "scheduler": {"step": 7}, "optimizer": {"state": {}, "param_groups": [{"lr": 2e-5}]}}
   path = tmp_path / "last.pt"
@@ -238,6 +239,8 @@ def test_torch_save_checkpoint_with_unimportable_conf_loads(tmp_path, zip_format
         assert got.dtype == v.numpy().dtype, k
         np.testing.assert_array_equal(got, v.numpy())
   np.testing.assert_array_equal(out["param"], np.ones(2, np.float32))
+  assert list(out["module"]) == list(module_sd)  # a real state_dict(), with its _metadata
+  np.testing.assert_array_equal(out["module"]["0.weight"], module_sd["0.weight"].numpy())
   conf = out["conf"]
   assert isinstance(conf, convert.Placeholder) and type(conf).name == "DiffusionConfig"
   assert conf.state["n_iter"] == 2_400_000 and conf.state["tags"] == {"a", "b"}
@@ -630,6 +633,10 @@ def test_cli_converts_and_exports(tiny, tmp_path, capsys):
   assert list(loaded) == list(full)
   for k, v in full.items():
     np.testing.assert_array_equal(loaded[k], v, err_msg=k)
+  if written == back:  # PyTorch is installed: its own safe loader reads the export
+    import torch
+    ours = torch.load(back, weights_only=True)
+    assert set(ours) == {"ema", "model"} and list(ours["ema"]) == list(full)
 
   # The "model" entry, with its DDP prefix, is what --entry model would convert.
   ckpt_loaded = convert.load_torch_checkpoint(ckpt)
@@ -656,3 +663,11 @@ def test_module_entry_point_help():
                           capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr
   assert "--to-torch" in result.stdout and "--entry" in result.stdout
+
+
+def test_export_without_torch_writes_safetensors(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" now raises ImportError
+  sd = {"a.weight": np.ones((2, 3), np.float32)}
+  written = convert.save_torch_state_dict(tmp_path / "out.pt", sd)
+  assert written == str(tmp_path / "out.safetensors")
+  np.testing.assert_array_equal(convert.load_torch_checkpoint(written)["a.weight"], sd["a.weight"])
