@@ -36,7 +36,9 @@ element's position, so a seed gives the same batches on every run. The training 
 Workers: ``config.data.worker_count`` > 0 runs the per-pair work in that many grain worker processes
 (``mp_prefetch``). The program must then start from an ``if __name__ == "__main__":`` guard and parse
 absl flags first (``absl.app.run``) as grain's workers require. 0 processes everything in the calling
-process, with ``read_threads`` threads.
+process, with ``read_threads`` threads. The batch order depends on the number of workers and of
+processes, so a saved iterator state restores only under the same ``worker_count`` and process
+count.
 """
 
 from __future__ import annotations

@@ -191,6 +191,20 @@ def test_train_batches_are_global_and_sharded(sharding):
                              pipeline.to_float_image(np.uint8(100 + ids)), atol=1e-6)
 
 
+def test_train_batches_on_the_data_fsdp_mesh():
+  """The batch sharding of pidm_jax.sharding: the batch split over ('data', 'fsdp') = (4, 2)."""
+  from pidm_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+
+  config = _config()
+  config.mesh.data, config.mesh.fsdp = 4, 2
+  batch_sharding = sharding_lib.batch_sharding(sharding_lib.create_mesh(config.mesh))
+  train, evaluation = _datasets(config, batch_sharding)
+  for batch in (next(train), next(iter(evaluation))):
+    for k, v in batch.items():
+      assert v.sharding == batch_sharding and v.shape[0] == 8, k
+      assert sorted(s.index[0].start for s in v.addressable_shards) == list(range(8)), k
+
+
 def test_an_epoch_visits_every_pair_once_then_reshuffles(sharding):
   config = _config(batch_size=6, scale_aug=0.0, flip_prob=0.0)  # 3 pairs per batch: 7 per epoch
   source = FakeSource()
@@ -224,6 +238,23 @@ def test_resume_from_saved_iterator_state(sharding):
   resumed.set_state(state)
   for batch in expected:
     _assert_batches_equal(batch, _host(next(resumed)))
+
+
+def test_iterator_state_through_grain_checkpoint_handler(tmp_path, sharding):
+  """The training iterator is a grain DatasetIterator: grain's Orbax handler saves and restores it."""
+  import grain  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  config = _config(scale_aug=0.0)
+  train, _ = _datasets(config, sharding, eval_split=None)
+  assert isinstance(train, grain.DatasetIterator)
+  next(train)
+  handler = grain.checkpoint.CheckpointHandler()
+  handler.save(epath.Path(tmp_path), args=grain.checkpoint.CheckpointSave(train))
+  expected = _host(next(train))
+  resumed, _ = _datasets(config, sharding, eval_split=None)
+  handler.restore(epath.Path(tmp_path), args=grain.checkpoint.CheckpointRestore(resumed))
+  _assert_batches_equal(expected, _host(next(resumed)))
 
 
 def test_processes_read_disjoint_shares():
