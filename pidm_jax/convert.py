@@ -14,7 +14,8 @@ Three parts, in file order:
 
 2. **The official <-> pidm_jax name and layout mapping** (:func:`official_layout`), derived
    from the block plan (``down_path_plan``/``up_path_plan``) of the model config, or from the
-   block structure of a built model, so it holds for any config. :func:`convert_official_state_dict` loads an official state_dict into a
+   block structure of a built model, so it holds for any config.
+   :func:`convert_official_state_dict` loads an official state_dict into a
    :class:`~pidm_jax.models.PIDM`; :func:`export_official_state_dict` writes one back.
 
 3. **The command line**: ``python -m pidm_jax.convert --checkpoint last.pt --output DIR`` writes a
@@ -425,7 +426,8 @@ def _load_torch_legacy(path: str):
       view = pid[5] if len(pid) > 5 else None
       if view is not None:  # (view_key, offset, size) of very old files
         _view_key, offset, size = view
-        return _Storage(storage.key, storage.dtype, storage.data[int(offset):int(offset) + int(size)])
+        start, stop = int(offset), int(offset) + int(size)
+        return _Storage(storage.key, storage.dtype, storage.data[start:stop])
       return storage
 
     f.seek(body_start)
@@ -470,7 +472,8 @@ def load_safetensors(path: str) -> dict[str, np.ndarray]:
       raise CheckpointFormatError(
           f"{path}: safetensors entry {name!r} ({spec['dtype']} {list(shape)}) has byte range "
           f"[{begin}, {end}) that does not fit its shape or the file")
-    out[name] = np.frombuffer(buf, dtype, count=math.prod(shape), offset=base + begin).reshape(shape)
+    count = math.prod(shape)
+    out[name] = np.frombuffer(buf, dtype, count=count, offset=base + begin).reshape(shape)
   return out
 
 
@@ -548,7 +551,8 @@ def load_torch_checkpoint(path) -> dict:
 # 2. The official <-> pidm_jax mapping
 # =================================================================================================
 
-Path = tuple  # an NNX parameter path, e.g. ("denoiser", "input_blocks", 0, "res", "in_conv", "kernel")
+# An NNX parameter path, e.g. ("denoiser", "input_blocks", 0, "res", "in_conv", "kernel").
+Path = tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -712,7 +716,8 @@ class _Structure:
 
 
 def _structure_from_config(cfg) -> _Structure:
-  from pidm_jax.models.unet import down_path_plan, up_path_plan  # pylint: disable=g-import-not-at-top
+  from pidm_jax.models import unet  # pylint: disable=g-import-not-at-top
+  down_path_plan, up_path_plan = unet.down_path_plan, unet.up_path_plan
   down = down_path_plan(cfg)
   up = up_path_plan(cfg)
   return _Structure(

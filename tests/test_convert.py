@@ -1,4 +1,4 @@
-"""Tests of pidm_jax.convert: the safe checkpoint loader, the official <-> pidm_jax mapping, the CLI."""
+"""Tests of pidm_jax.convert: safe checkpoint loading, official <-> pidm_jax mapping, the CLI."""
 
 import io
 import pickle
@@ -360,7 +360,8 @@ def test_select_state_dict_errors():
 def test_mismatching_state_dict_lists_every_problem(tiny):
   cfg, sd, _ = tiny
   bad = dict(sd)
-  bad["input_blocks.1.0.in_layers.2.weight_renamed"] = bad.pop("input_blocks.1.0.in_layers.2.weight")
+  renamed = "input_blocks.1.0.in_layers.2.weight"
+  bad[renamed + "_renamed"] = bad.pop(renamed)
   del bad["middle_block.1.to_kv.bias"]
   bad["out.2.weight"] = np.zeros((6, 32, 1, 1), np.float32)
   bad["encoder.input_blocks.1.0.in_layers.0.bias"] = convert.Placeholder()
@@ -429,7 +430,8 @@ def _p(sd, key):
 
 def _t_resblock(sd, key, x, emb, resample=None):
   """Official ResBlock (reference 1.3): norm-SiLU-[resample]-conv, FiLM, norm-SiLU-conv, skip."""
-  h = _silu(_t_group_norm(x, _p(sd, f"{key}.in_layers.0.weight"), _p(sd, f"{key}.in_layers.0.bias")))
+  h = _t_group_norm(x, _p(sd, f"{key}.in_layers.0.weight"), _p(sd, f"{key}.in_layers.0.bias"))
+  h = _silu(h)
   if resample is not None:
     h, x = resample(h), resample(x)
   h = _t_conv2d(h, _p(sd, f"{key}.in_layers.2.weight"), _p(sd, f"{key}.in_layers.2.bias"))
