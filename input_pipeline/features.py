@@ -3,7 +3,8 @@
 Each example is one (source, target) pair of the same person:
 
 * ``source_image``, ``target_image``: uint8 RGB images of the stored size (H, W, 3).
-* ``source_keypoints``, ``target_keypoints``: float32 (18, 2) COCO-18 / OpenPose order, (x, y) in the
+* ``source_keypoints``, ``target_keypoints``: float64 (18, 2) (float64 so that pose maps drawn from
+  them are bit-exact with the official renderer, which converts and draws in float64) COCO-18 / OpenPose order, (x, y) in the
   stored image's pixel frame, -1 for a missing joint.
 * ``source_id``, ``target_id``: the image names (relative paths for real data sets), used for the
   official output naming (``<src>_2_<tgt>_vis.png``).
@@ -19,7 +20,7 @@ NUM_KEYPOINTS = 18
 def pair_features(height: int, width: int) -> "tfds.features.FeaturesDict":
     """Returns the FeaturesDict of a pair record at the stored resolution ``height`` x ``width``."""
     image = tfds.features.Image(shape=(height, width, 3), dtype=np.uint8, encoding_format="png")
-    keypoints = tfds.features.Tensor(shape=(NUM_KEYPOINTS, 2), dtype=np.float32)
+    keypoints = tfds.features.Tensor(shape=(NUM_KEYPOINTS, 2), dtype=np.float64)
     return tfds.features.FeaturesDict({
         "source_image": image,
         "target_image": image,

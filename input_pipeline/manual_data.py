@@ -203,7 +203,7 @@ def generate_pair_examples(
       errors.add("unreadable images", f"{path} ({detail})")
       entry = None
     else:
-      kp = np.asarray(to_frame(keypoints[name], original, (height, width)), np.float32)
+      kp = np.asarray(to_frame(keypoints[name], original, (height, width)), np.float64)
       entry = (encode_png(image), kp)
     cache[name] = entry
     if len(cache) > IMAGE_CACHE_SIZE:

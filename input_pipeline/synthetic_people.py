@@ -126,8 +126,8 @@ class SyntheticPeople(tfds.core.GeneratorBasedBuilder):
                 yield f"{person_id}/{a}_{b}", {
                     "source_image": pngs[a],
                     "target_image": pngs[b],
-                    "source_keypoints": views[a][1],
-                    "target_keypoints": views[b][1],
+                    "source_keypoints": views[a][1].astype(np.float64),
+                    "target_keypoints": views[b][1].astype(np.float64),
                     "source_id": f"{person_id}/pose_{a}",
                     "target_id": f"{person_id}/pose_{b}",
                     "person_id": person_id,

@@ -44,7 +44,7 @@ def test_sizes_files_and_layout(built):
         for key in ("source_image", "target_image"):
             assert record[key].shape == (SIZE, SIZE, 3) and record[key].dtype == np.uint8
         for key in ("source_keypoints", "target_keypoints"):
-            assert record[key].shape == (18, 2) and record[key].dtype == np.float32
+            assert record[key].shape == (18, 2) and record[key].dtype == np.float64
 
 
 def test_pairs_are_one_identity_in_two_poses_and_splits_are_disjoint(built):
