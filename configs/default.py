@@ -10,6 +10,7 @@ Override anything on the command line: ``--config.model.base_width=64``.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.dtype = "bfloat16"  # compute dtype; parameters, norms, softmax and losses stay float32
   model.param_dtype = "float32"
   model.remat = False
-  model.attention_implementation = None  # None = best available ('cudnn' on GPU where possible)
+  model.attention_implementation = config_dict.placeholder(str)  # None = best available ('cudnn' on GPU where possible)
   model.cond_drop_prob = 0.1  # source image -> zeros (classifier-free guidance)
   model.pose_drop_prob = 0.0  # pose -> null pose (disentangled guidance; 0 as in the official code)
 
@@ -45,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "deep_fashion"
   data.builder_config = "res256"
-  data.data_dir = None  # TFDS data dir (None = TFDS default / $TFDS_DATA_DIR)
+  data.data_dir = config_dict.placeholder(str)  # TFDS data dir (None = TFDS default / $TFDS_DATA_DIR)
   data.image_size = (256, 256)  # (H, W) fed to the network
   data.scale_aug = 0.05  # random scale in [0, scale_aug) with random crop, train only
   data.flip_prob = 0.5
@@ -71,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.sample_every = 10_000
   train.num_sample_pairs = 8
   train.skip_nonfinite = False
-  train.init_checkpoint = None  # e.g. converted official weights
+  train.init_checkpoint = config_dict.placeholder(str)  # e.g. converted official weights
 
   config.sample = sample = ml_collections.ConfigDict()
   sample.algorithm = "ddim"

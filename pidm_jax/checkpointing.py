@@ -206,3 +206,65 @@ def read_config_json(directory) -> dict | None:
     return json.loads(path.read_text())
   return None
 
+
+
+class TrainCheckpointer:
+  """Checkpoints of a training run: asynchronous saves, the newest ``keep_checkpoints`` kept.
+
+  Each save writes ``train_state`` (step, params, Optax state, RNG), ``ema_params``, the grain
+  iterator state of every process and the config. ``restore`` reads them back against an abstract
+  train state that carries the current shardings (any mesh, any device count).
+  """
+
+  def __init__(self, directory, config):
+    self.directory = _abs(directory)
+    self.config = config
+    self._mngr = create_manager(self.directory, max_to_keep=config.train.keep_checkpoints,
+                                async_save=True)
+    write_config_json(self.directory, config)
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state, data_iterator=None, force: bool = False) -> None:
+    import grain  # pylint: disable=g-import-not-at-top
+    items = {
+        TRAIN_STATE: ocp.args.StandardSave(_train_part(state)),
+        EMA_PARAMS: ocp.args.StandardSave(state.ema_params),
+        CONFIG: ocp.args.JsonSave(config_to_json(self.config)),
+    }
+    if data_iterator is not None:
+      items[DATA_ITERATOR] = grain.checkpoint.CheckpointSave(data_iterator)
+    self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+    """The train state of ``step`` (default newest); restores ``data_iterator`` in place."""
+    import grain  # pylint: disable=g-import-not-at-top
+    step = self._mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{self.directory} holds no checkpoint")
+    items = {
+        TRAIN_STATE: ocp.args.StandardRestore(_train_part(abstract_state)),
+        EMA_PARAMS: ocp.args.StandardRestore(abstract_state.ema_params),
+    }
+    if data_iterator is not None:
+      if DATA_ITERATOR not in self._mngr.item_metadata(step):
+        raise ValueError(f"checkpoint step {step} in {self.directory} has no data iterator state")
+      items[DATA_ITERATOR] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    part = restored[TRAIN_STATE]
+    return abstract_state.replace(step=part["step"], params=part["params"],
+                                  opt_state=part["opt_state"], rng=part["rng"],
+                                  ema_params=restored[EMA_PARAMS])
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+
+def _train_part(state) -> dict:
+  return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+          "rng": state.rng}

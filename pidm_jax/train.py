@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Any, Callable
+import os
+import signal
+import threading
+import time
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from absl import logging
+from clu import parameter_overview
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from PIL import Image
 
 from pidm_jax import sharding as sharding_lib
 from pidm_jax.diffusion import GaussianDiffusion
@@ -193,3 +200,248 @@ def _fresh_rng_state(x):
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
     return jax.random.key(0) if not x.shape else jax.random.split(jax.random.key(0), x.shape)
   return jnp.zeros(x.shape, x.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+class _Preemption:
+  """Turns SIGTERM (and SIGINT) into a flag the loop checks; restores the old handlers on exit."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("received signal %d: saving a checkpoint and stopping", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+
+
+def _any_process(flag: bool) -> bool:
+  """True if ``flag`` is set on any process (a collective; only called every few steps)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def ensure_dataset(config) -> None:
+  """Builds the procedural ``synthetic_people`` set if it is missing (it needs no download)."""
+  if config.data.dataset != "synthetic_people":
+    return
+  from input_pipeline import build  # pylint: disable=g-import-not-at-top
+  name = f"synthetic_people/{config.data.builder_config}"
+  build.register(name)
+  if not build.builder(name, config.data.get("data_dir")).is_prepared():
+    if jax.process_index() == 0:
+      logging.info("building %s (procedural, no download)", name)
+      build.build(name, config.data.get("data_dir"))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("synthetic_people built")
+
+
+def _fixed_eval_batch(eval_data, num_pairs: int) -> dict:
+  """The first ``num_pairs`` pairs of the evaluation split, as host NumPy arrays."""
+  from pidm_jax.sampling import gather  # pylint: disable=g-import-not-at-top
+  out = {k: [] for k in PAIR_KEYS}
+  have = 0
+  for batch in eval_data:
+    mask = gather(batch["mask"]).astype(bool)
+    for k in PAIR_KEYS:
+      out[k].append(gather(batch[k])[mask])
+    have += int(mask.sum())
+    if have >= num_pairs:
+      break
+  return {k: np.concatenate(v)[:num_pairs] for k, v in out.items()}
+
+
+def sample_pairs(trainer: Trainer, params, pairs: dict, seed: int) -> np.ndarray:
+  """Samples the targets of ``pairs`` from their sources with ``params`` (the config's sampler)."""
+  from pidm_jax import sampling  # pylint: disable=g-import-not-at-top
+  s = trainer.config.sample
+  model = trainer.model_from_params(params, train=False)
+  images = sampling.sample(model, jnp.asarray(pairs["source_image"]),
+                           jnp.asarray(pairs["target_pose"]), algorithm=s.algorithm,
+                           steps=s.steps, guidance_scale=s.guidance_scale, eta=s.eta,
+                           rng=jax.random.key(seed), diffusion=trainer.diffusion)
+  return np.asarray(jax.device_get(images))
+
+
+def image_grid(pairs: dict, samples: np.ndarray) -> np.ndarray:
+  """Rows of [source | target skeleton | sample | ground truth], uint8 RGB."""
+  to_u8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  skeleton = np.clip(np.round(np.asarray(pairs["target_pose"])[..., :3] * 255), 0, 255)
+  rows = [np.concatenate([to_u8(pairs["source_image"][i]), skeleton[i].astype(np.uint8),
+                          to_u8(samples[i]), to_u8(pairs["target_image"][i])], axis=1)
+          for i in range(len(samples))]
+  return np.concatenate(rows, axis=0)
+
+
+def sample_quality(pairs: dict, samples: np.ndarray) -> dict:
+  """SSIM (Gaussian window, sigma 1.2, [0, 255]) of the samples and of copying the source."""
+  from pidm_jax.evaluation.ssim import ssim_gaussian  # pylint: disable=g-import-not-at-top
+  to255 = lambda x: (np.clip(np.asarray(x, np.float64), -1, 1) + 1.0) * 127.5
+  target = to255(pairs["target_image"])
+  return {
+      "ssim": float(np.mean(np.asarray(ssim_gaussian(to255(samples), target)))),
+      "ssim_copy_source": float(np.mean(np.asarray(
+          ssim_gaussian(to255(pairs["source_image"]), target)))),
+  }
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming if ``workdir`` holds a checkpoint) and returns the final metrics."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  tcfg = config.train
+  mesh = sharding_lib.create_mesh(config.mesh)
+  check_batch_size(tcfg.batch_size, mesh)
+  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
+               jax.process_count())
+  ensure_dataset(config)
+  # The abstract model is built outside the mesh context: its parameters carry logical axis
+  # names, which the Trainer maps to mesh axes itself.
+  trainer = Trainer(config, mesh)
+  with jax.set_mesh(mesh):
+    train_iter, eval_data = pipeline.create_datasets(
+        config, trainer.batch_sharding,
+        eval_batch_size=max(sharding_lib.batch_size_divisor(mesh), tcfg.num_sample_pairs))
+    ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"), config)
+
+    # Resume order: this workdir's newest checkpoint, else given initial weights, else scratch.
+    if ckpt.latest_step() is not None:
+      state = ckpt.restore(trainer.abstract_state, train_iter)
+      logging.info("resumed from step %d", int(state.step))
+    elif tcfg.get("init_checkpoint"):
+      params = checkpointing.restore_ema_params(tcfg.init_checkpoint, config.model, mesh=mesh,
+                                                config=config)
+      state = trainer.state_from_params(params, config.seed)
+      logging.info("initialised from %s", tcfg.init_checkpoint)
+    else:
+      state = trainer.init_state(config.seed)
+
+    writer = _Writer(workdir) if jax.process_index() == 0 else None
+    start = int(state.step)
+    if writer is not None and start == 0:
+      writer.text("parameters", parameter_overview.get_parameter_overview(state.params))
+    sample_batch = _fixed_eval_batch(eval_data, tcfg.num_sample_pairs) if eval_data else None
+
+    summary = {"step": start}
+    pending = []
+    t_last, step_last = time.time(), start
+    t_start = time.time()
+    with _Preemption() as preempt:
+      step = start
+      while step < tcfg.num_train_steps:
+        batch = next(train_iter)
+        state, metrics = trainer.train_step(state, batch)
+        step += 1
+        pending.append(metrics)
+        log_now = step % tcfg.log_every == 0 or step == tcfg.num_train_steps
+        save_now = tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0
+        stop = False
+        if log_now or save_now:
+          # Metrics come to the host here only (every log_every steps, and before saving).
+          fetched = jax.device_get(pending)
+          pending = []
+          bad = [step - len(fetched) + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
+          if bad and not tcfg.get("skip_nonfinite", False):
+            ckpt.wait()
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {bad[0]}; the last good checkpoint is "
+                f"step {ckpt.latest_step()} in {ckpt.directory}")
+          now = time.time()
+          rate = (step - step_last) / max(now - t_last, 1e-9)
+          t_last, step_last = now, step
+          means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+          means["nonfinite_steps_skipped"] = float(len(bad))
+          means.update(steps_per_second=rate, samples_per_second=rate * tcfg.batch_size)
+          eta = (tcfg.num_train_steps - step) / max(rate, 1e-9)
+          summary.update(means, step=step)
+          if writer is not None:
+            writer.scalars(step, means)
+            logging.info("step %d/%d loss %.4f (mse %.4f vb %.4f) %.2f steps/s ETA %s", step,
+                         tcfg.num_train_steps, means["loss"], means["mse"], means["vb"], rate,
+                         _hms(eta))
+          stop = _any_process(preempt.requested)
+        if save_now or stop:
+          ckpt.save(step, state, train_iter, force=stop)
+        if (sample_batch is not None and tcfg.sample_every and step % tcfg.sample_every == 0
+            and step < tcfg.num_train_steps):
+          _sample_and_log(trainer, state, sample_batch, step, workdir, writer, config.seed)
+        if stop:
+          ckpt.wait()
+          logging.warning("stopped at step %d after a termination signal; checkpoint saved", step)
+          summary["preempted"] = True
+          break
+    if not summary.get("preempted"):
+      if ckpt.latest_step() != step:
+        ckpt.save(step, state, train_iter, force=True)
+      ckpt.wait()
+      if sample_batch is not None:
+        summary.update(_sample_and_log(trainer, state, sample_batch, step, workdir, writer,
+                                       config.seed))
+    summary["train_seconds"] = time.time() - t_start
+    ckpt.close()
+    if writer is not None:
+      writer.close()
+    return summary
+
+
+def _sample_and_log(trainer, state, pairs, step, workdir, writer, seed) -> dict:
+  samples = sample_pairs(trainer, state.ema_params, pairs, seed)
+  quality = sample_quality(pairs, samples)
+  if writer is not None:
+    grid = image_grid(pairs, samples)
+    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(grid).save(path)
+    writer.image(step, "samples/source|skeleton|sample|target", grid)
+    writer.scalars(step, {f"eval/{k}": v for k, v in quality.items()})
+    logging.info("step %d: test SSIM %.4f (copying the source: %.4f); grid %s", step,
+                 quality["ssim"], quality["ssim_copy_source"], path)
+    quality["grid"] = path
+  return quality
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class _Writer:
+  """TensorBoard event files (tensorboardX) on process 0."""
+
+  def __init__(self, workdir: str):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._w = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def scalars(self, step: int, values: dict) -> None:
+    for k, v in values.items():
+      self._w.add_scalar(k if "/" in k else f"train/{k}", v, step)
+    self._w.flush()
+
+  def image(self, step: int, tag: str, image: np.ndarray) -> None:
+    self._w.add_image(tag, image, step, dataformats="HWC")
+
+  def text(self, tag: str, text: str) -> None:
+    self._w.add_text(tag, f"<pre>{text}</pre>", 0)
+
+  def close(self) -> None:
+    self._w.close()
