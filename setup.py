@@ -32,8 +32,10 @@ setup(
         "pillow>=10.0",
         "tqdm>=4.66",
         "etils[epath]>=1.7",
+        "scipy>=1.11",
+        "scikit-image>=0.22",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "scikit-image>=0.22", "scipy>=1.11"],
+        "test": ["pytest>=8.0"],
     },
 )
