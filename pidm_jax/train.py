@@ -379,7 +379,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
             logging.info("step %d/%d loss %.4f (mse %.4f vb %.4f) %.2f steps/s ETA %s", step,
                          tcfg.num_train_steps, means["loss"], means["mse"], means["vb"], rate,
                          _hms(eta))
-          stop = _any_process(preempt.requested)
+          if jax.process_count() > 1:
+            stop = _any_process(preempt.requested)  # a collective: only at logging steps
+        if jax.process_count() == 1:
+          stop = preempt.requested
         if save_now or stop:
           ckpt.save(step, state, train_iter, force=stop)
         if (sample_batch is not None and tcfg.sample_every and step % tcfg.sample_every == 0
