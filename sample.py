@@ -1,0 +1,59 @@
+"""Samples PIDM images: checkpoint + source image(s) + target pose(s) -> PNG files and a grid.
+
+  python sample.py --config=configs/default.py --checkpoint=ckpt/ --source=a.jpg --source=b.png \
+      --pose=p.txt --pose=q.json --out=out/ --config.sample.steps=50 --seed=0
+
+Every source is paired with every pose (``--pairing=all``) or position by position
+(``--pairing=paired``). Appearance control: ``--reference=person.png --mask=upper.png`` keeps the
+reference person outside the white mask region. Sampler settings live in ``config.sample``
+(algorithm, steps, guidance_scale, eta, batch_size). See ``pidm_jax.inference`` for the formats.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from pidm_jax import inference
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<x>.py).",
+                                          lock_config=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint directory (EMA parameters).")
+_SOURCE = flags.DEFINE_multi_string("source", [], "Source image (repeatable).")
+_POSE = flags.DEFINE_multi_string("pose", [], "Target pose: keypoint file or (H, W, 20) .npy "
+                                  "pose map (repeatable).")
+_POSE_DIR = flags.DEFINE_string("pose_dir", None, "Directory of pose files (added to --pose).")
+_OUT = flags.DEFINE_string("out", "samples", "Output directory.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_PAIRING = flags.DEFINE_enum("pairing", "all", list(inference.PAIRINGS),
+                             "all: every source x every pose; paired: i-th source, i-th pose.")
+_REFERENCE = flags.DEFINE_string("reference", None, "Appearance control: the person to edit.")
+_MASK = flags.DEFINE_string("mask", None, "Appearance control: white = region to regenerate.")
+_RESIZE = flags.DEFINE_enum("resize", "stretch", list(inference.RESIZE_MODES),
+                            "stretch to the network size (official) or pad to keep the aspect.")
+_POSE_FRAME = flags.DEFINE_enum("pose_frame", "source", list(inference.POSE_FRAMES),
+                                "Keypoint frame: the source image's pixels, the DeepFashion "
+                                "keypoint frame, or the network's pixels.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
+                               "(multi-host runs; each host reads the same files).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _MULTIHOST.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
+  try:
+    inference.generate(
+        _CONFIG.value, _CHECKPOINT.value, _SOURCE.value, _POSE.value, _OUT.value,
+        pose_dir=_POSE_DIR.value, seed=_SEED.value, pairing=_PAIRING.value,
+        reference=_REFERENCE.value, mask=_MASK.value, resize=_RESIZE.value,
+        pose_frame=_POSE_FRAME.value)
+  except inference.InputError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
