@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from pidm_jax import sharding as sharding_lib
 from pidm_jax.diffusion import GaussianDiffusion, beta_schedule
@@ -473,6 +473,9 @@ class Sampler:
     self.options = options if options is not None else SamplerOptions()
     self.plan = make_plan(self.diffusion, self.options)
     self.mesh = mesh
+    if mesh is not None and any(t != AxisType.Auto for t in mesh.axis_types):
+      raise ValueError(f"the sampling mesh needs AxisType.Auto axes (as pidm_jax.sharding."
+                       f"create_mesh builds), got {mesh.axis_types}")
     self.trace_count = 0  # incremented each time the whole-batch program is traced
     self.batch_sharding = batch_sharding(mesh) if mesh is not None else None
     self._programs: list[tuple[Any, dict]] = []  # (graphdef, jitted functions), see _jitted

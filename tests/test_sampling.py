@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from configs import tiny
 from pidm_jax import sampling
@@ -458,7 +458,15 @@ def tiny_batch():
 
 @pytest.fixture(scope="module")
 def mesh2():
-  return Mesh(np.array(jax.devices()[:2]).reshape(2, 1), ("data", "fsdp"))
+  return Mesh(np.array(jax.devices()[:2]).reshape(2, 1), ("data", "fsdp"),
+              axis_types=(AxisType.Auto,) * 2)
+
+
+def test_explicit_mesh_is_refused():
+  mesh = Mesh(np.array(jax.devices()[:2]).reshape(2, 1), ("data", "fsdp"),
+              axis_types=(AxisType.Explicit,) * 2)
+  with pytest.raises(ValueError, match="AxisType.Auto"):
+    sampling.Sampler(mesh=mesh)
 
 
 @pytest.fixture(scope="module")
