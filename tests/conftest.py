@@ -1,8 +1,21 @@
-"""Test set-up: 8 fake CPU devices, set before JAX is imported anywhere."""
+"""Test set-up: 8 fake CPU devices and a per-session persistent compilation cache.
 
+Both are configured before JAX is imported anywhere. The cache lets tests that build the same
+program again (a new Trainer for the same config, a resumed run) reuse the compiled executable.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+_CACHE = tempfile.mkdtemp(prefix="pidm_jax_test_jit_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -1,0 +1,219 @@
+"""Training on fake CPU devices: mesh invariance, learning, EMA rule, checkpoints, preemption."""
+
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from pidm_jax import checkpointing, sharding, train
+
+
+def _config(**train_overrides):
+  cfg = tiny.get_config()
+  cfg.model.dropout = 0.0
+  cfg.train.batch_size = 16  # 8 pairs: one per device on the 8 fake devices
+  cfg.train.learning_rate = 1e-3
+  cfg.train.warmup_init_lr = 1e-3
+  cfg.train.warmup_steps = 3
+  cfg.train.ema_decay = 0.5
+  for k, v in train_overrides.items():
+    cfg.train[k] = v
+  return cfg
+
+
+def _mesh(cfg, data, fsdp):
+  cfg.mesh.data, cfg.mesh.fsdp = data, fsdp
+  return sharding.create_mesh(cfg.mesh, devices=jax.devices()[:data * fsdp])
+
+
+def _batch(seed=0, pairs=8, size=32):
+  rng = np.random.default_rng(seed)
+  img = lambda: rng.uniform(-1, 1, (pairs, size, size, 3)).astype(np.float32)
+  pose = lambda: rng.uniform(0, 1, (pairs, size, size, 20)).astype(np.float32)
+  return {"source_image": img(), "target_image": img(), "source_pose": pose(),
+          "target_pose": pose()}
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+@pytest.fixture(scope="module")
+def trainer_8x1():
+  cfg = _config()
+  return train.Trainer(cfg, _mesh(cfg, 8, 1))
+
+
+def test_mesh_helpers():
+  cfg = tiny.get_config()
+  cfg.mesh.data, cfg.mesh.fsdp = -1, 2
+  mesh = sharding.create_mesh(cfg.mesh)
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
+  cfg.mesh.data, cfg.mesh.fsdp = 3, -1
+  with pytest.raises(ValueError, match="8 devices cannot be split"):
+    sharding.create_mesh(cfg.mesh)
+  with pytest.raises(ValueError, match="2 x a multiple of 8 pairs"):
+    train.check_batch_size(12, mesh)
+  # big kernels split over fsdp, small ones replicated, indivisible dims replicated
+  assert sharding.spec_for((3, 3, 128, 256), ("conv_height", "conv_width", "conv_in", "conv_out"),
+                           mesh) == jax.sharding.PartitionSpec(None, None, None, "fsdp")
+  assert sharding.spec_for((256,), ("conv_out",), mesh) == jax.sharding.PartitionSpec()
+  assert sharding.spec_for((3, 3, 128, 255), ("conv_height", "conv_width", "conv_in",
+                                               "conv_out"), mesh, min_shard_size=1) == \
+      jax.sharding.PartitionSpec(None, None, None, None)
+
+
+def test_learning_rate_and_ema_rule():
+  cfg = train.learning_rate_schedule(_config(warmup_steps=5000, warmup_init_lr=8e-7,
+                                              learning_rate=2e-5).train)
+  assert float(cfg(0)) == pytest.approx(8e-7, rel=1e-5)
+  assert float(cfg(2500)) == pytest.approx(8e-7 + 0.5 * (2e-5 - 8e-7), rel=1e-5)
+  assert float(cfg(5000)) == pytest.approx(2e-5) and float(cfg(10**6)) == pytest.approx(2e-5)
+  tcfg = _config(warmup_steps=5000, ema_decay=0.9999).train
+  assert float(train.ema_decay(jnp.array(4999), tcfg)) == 0.0
+  assert float(train.ema_decay(jnp.array(5000), tcfg)) == pytest.approx(0.9999)
+
+
+def test_step_is_the_same_on_every_mesh(trainer_8x1):
+  batch = _batch()
+  results = {}
+  for shape in [(1, 1), (8, 1), (2, 4)]:
+    cfg = _config()
+    trainer = trainer_8x1 if shape == (8, 1) else train.Trainer(cfg, _mesh(cfg, *shape))
+    state = trainer.init_state(0)
+    state, metrics = trainer.train_step(state, jax.device_put(batch, trainer.batch_sharding))
+    results[shape] = (float(metrics["loss"]), _leaves(state.params))
+  loss0, params0 = results[(1, 1)]
+  for shape, (loss, params) in results.items():
+    assert loss == pytest.approx(loss0, rel=1e-5), shape
+    assert max(float(np.abs(a - b).max()) for a, b in zip(params0, params)) < 1e-5, shape
+
+
+def test_loss_decreases_and_ema_follows_warmup(trainer_8x1):
+  trainer = trainer_8x1
+  batch = jax.device_put(_batch(1), trainer.batch_sharding)
+  state = trainer.init_state(0)
+  losses = []
+  for step in range(30):
+    prev_ema, prev_params = _leaves(state.ema_params), _leaves(state.params)
+    state, metrics = trainer.train_step(state, batch)
+    losses.append(float(metrics["mse"]))
+    params, ema = _leaves(state.params), _leaves(state.ema_params)
+    if step < 3:  # warm-up: EMA copies the parameters
+      assert all(np.array_equal(a, b) for a, b in zip(params, ema))
+    elif step == 3:  # afterwards ema = d * ema + (1 - d) * params with d = 0.5
+      for e, pe, p in zip(ema, prev_ema, params):
+        np.testing.assert_allclose(e, 0.5 * pe + 0.5 * p, rtol=1e-5, atol=1e-7)
+  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_checkpoint_restores_onto_other_meshes(tmp_path):
+  cfg = _config()
+  src = train.Trainer(cfg, _mesh(cfg, 2, 4))
+  state = src.init_state(3)
+  ckpt = checkpointing.TrainCheckpointer(tmp_path / "ckpt", cfg)
+  ckpt.save(7, state, force=True)
+  ckpt.wait()
+  expected = _leaves(state)
+  for shape in [(1, 1), (4, 1)]:
+    cfg2 = _config()
+    dst = train.Trainer(cfg2, _mesh(cfg2, *shape))
+    restored = ckpt.restore(dst.abstract_state)
+    assert all(np.array_equal(a, b) for a, b in zip(expected, _leaves(restored)))
+    leaf = jax.tree.leaves(restored.params)[0]
+    assert leaf.sharding.mesh.devices.size == shape[0] * shape[1]
+  # The EMA parameters alone, as sampling loads them.
+  params = checkpointing.restore_ema_params(tmp_path / "ckpt", cfg.model)
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(state.ema_params), _leaves(params)))
+  ckpt.close()
+
+
+class _FakeIterator:
+  """Stands in for the grain iterator: fixed batches, a state, and an optional signal."""
+
+  def __init__(self, sharding, kill_at=None, nan=False):
+    self.count, self.sharding, self.kill_at, self.nan = 0, sharding, kill_at, nan
+
+  def __next__(self):
+    self.count += 1
+    if self.kill_at is not None and self.count == self.kill_at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    batch = _batch(seed=self.count)
+    if self.nan and self.count == 2:
+      batch["target_image"][0, 0, 0, 0] = np.nan
+    return jax.device_put(batch, self.sharding)
+
+  def get_state(self):
+    return {"count": self.count}
+
+  def set_state(self, state):
+    self.count = state["count"]
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch):
+  """Replaces the grain pipeline by _FakeIterator (grain state saving is tested with grain)."""
+  from input_pipeline import pipeline
+  options = {}
+
+  def create_datasets(config, batch_sharding, **kwargs):
+    return _FakeIterator(batch_sharding, **options), None
+
+  monkeypatch.setattr(pipeline, "create_datasets", create_datasets)
+  monkeypatch.setattr(checkpointing.TrainCheckpointer, "save",
+                      _save_without_iterator(checkpointing.TrainCheckpointer.save))
+  monkeypatch.setattr(checkpointing.TrainCheckpointer, "restore",
+                      _restore_without_iterator(checkpointing.TrainCheckpointer.restore))
+  return options
+
+
+def _save_without_iterator(save):
+  def wrapped(self, step, state, data_iterator=None, force=False):
+    self.iterator_count = getattr(data_iterator, "count", None)
+    return save(self, step, state, None, force)
+  return wrapped
+
+
+def _restore_without_iterator(restore):
+  def wrapped(self, abstract_state, data_iterator=None, step=None):
+    state = restore(self, abstract_state, None, step)
+    if data_iterator is not None:
+      data_iterator.set_state({"count": int(state.step)})
+    return state
+  return wrapped
+
+
+def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path, fake_pipeline):
+  cfg = _config(num_train_steps=4, checkpoint_every=100, log_every=1, sample_every=0)
+  cfg.mesh.data, cfg.mesh.fsdp = 8, 1
+  full = train.train_and_evaluate(cfg, str(tmp_path / "full"))
+  assert full["step"] == 4 and not full.get("preempted")
+
+  fake_pipeline["kill_at"] = 2  # SIGTERM while drawing the 2nd batch
+  first = train.train_and_evaluate(cfg, str(tmp_path / "split"))
+  assert first["preempted"] and first["step"] == 2
+  assert checkpointing.latest_step(tmp_path / "split" / "checkpoints") == 2
+  fake_pipeline.clear()
+  second = train.train_and_evaluate(cfg, str(tmp_path / "split"))
+  assert second["step"] == 4
+
+  a = checkpointing.restore_ema_params(tmp_path / "full" / "checkpoints", cfg.model)
+  b = checkpointing.restore_ema_params(tmp_path / "split" / "checkpoints", cfg.model)
+  assert all(np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b)))
+
+
+def test_nonfinite_loss_stops_with_the_step(tmp_path, fake_pipeline):
+  fake_pipeline["nan"] = True
+  cfg = _config(num_train_steps=3, checkpoint_every=1, log_every=1, sample_every=0)
+  cfg.mesh.data, cfg.mesh.fsdp = 8, 1
+  with pytest.raises(FloatingPointError, match="step 2.*last good checkpoint is step 1"):
+    train.train_and_evaluate(cfg, str(tmp_path / "nan"))
+  cfg.train.skip_nonfinite = True
+  summary = train.train_and_evaluate(cfg, str(tmp_path / "skip"))
+  assert summary["step"] == 3
+  params = checkpointing.restore_ema_params(tmp_path / "skip" / "checkpoints", cfg.model)
+  assert all(np.isfinite(x).all() for x in _leaves(params))
