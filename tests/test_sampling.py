@@ -344,37 +344,47 @@ def toy_inputs():
 def test_guidance_scales_and_batched_passes_toy(toy_inputs):
   model = ToyModel()
   x, pose, t = toy_inputs["x"], toy_inputs["pose"], jnp.int32(400)
-  batch = dict(source=toy_inputs["source"], pose=pose)
-  cond = sampling.encode_conditions(model, batch, sampling.SamplerOptions())
-  assert model.calls == [("encode", 2 * B)]  # source and null image in one encoder pass
-  e_cond = model.denoise(x, pose, t, cond["features"])
-  e_null = model.denoise(x, pose, t, cond["null_features"])
-  zeros = model.encode(jnp.zeros_like(batch["source"]))
-  np.testing.assert_array_equal(np.asarray(cond["null_features"][0]), np.asarray(zeros[0]))
+  variants = dict(s1=sampling.SamplerOptions(guidance_scale=1.0),
+                  s0=sampling.SamplerOptions(guidance_scale=0.0),
+                  s2=sampling.SamplerOptions(guidance_scale=2.0),
+                  disentangled=sampling.SamplerOptions(guidance="disentangled", pose_scale=1.5,
+                                                       style_scale=2.5))
+  calls = {}
 
-  def guided(**kw):
-    model.calls.clear()
-    out = sampling.guided_output(model, x, t, cond, sampling.SamplerOptions(**kw))
-    return np.asarray(out), list(model.calls)
+  @jax.jit
+  def compute(x, pose, source):  # one program; the calls are recorded while tracing
+    ToyModel.calls = []
+    cond = sampling.encode_conditions(model, dict(source=source, pose=pose),
+                                      sampling.SamplerOptions())
+    calls["encode"] = ToyModel.calls
+    out = {}
+    for name, options in variants.items():
+      ToyModel.calls = []
+      out[name] = sampling.guided_output(model, x, t, cond, options)
+      calls[name] = ToyModel.calls
+    ToyModel.calls = []
+    no_pose = null_pose(pose.shape)
+    out.update(
+        cond=model.denoise(x, pose, t, cond["features"]),
+        null=model.denoise(x, pose, t, cond["null_features"]),
+        e00=model.denoise(x, no_pose, t, cond["null_features"]),
+        ep0=model.denoise(x, pose, t, cond["null_features"]),
+        e0s=model.denoise(x, no_pose, t, cond["features"]),
+        null_features=cond["null_features"][0], zeros=model.encode(jnp.zeros_like(source))[0])
+    return out
 
-  out, calls = guided(guidance_scale=1.0)
-  np.testing.assert_array_equal(out, np.asarray(e_cond))
-  assert calls == [("denoise", B)]
-  out, calls = guided(guidance_scale=0.0)
-  np.testing.assert_allclose(out, np.asarray(e_null), atol=1e-7)
-  assert calls == [("denoise", 2 * B)]
-  out, calls = guided(guidance_scale=2.0)
-  np.testing.assert_allclose(out, np.asarray(e_null + 2.0 * (e_cond - e_null)), atol=1e-6)
-  assert calls == [("denoise", 2 * B)]
-
-  out, calls = guided(guidance="disentangled", pose_scale=1.5, style_scale=2.5)
-  no_pose = null_pose(pose.shape)
-  e00 = model.denoise(x, no_pose, t, cond["null_features"])
-  ep0 = model.denoise(x, pose, t, cond["null_features"])
-  e0s = model.denoise(x, no_pose, t, cond["features"])
-  np.testing.assert_allclose(out, np.asarray(e00 + 1.5 * (ep0 - e00) + 2.5 * (e0s - e00)),
-                             atol=1e-6)
-  assert calls == [("denoise", 3 * B)]
+  o = jax.tree.map(np.asarray, compute(x, pose, toy_inputs["source"]))
+  assert calls["encode"] == [("encode", 2 * B)]  # source and null image in one encoder pass
+  np.testing.assert_array_equal(o["null_features"], o["zeros"])
+  np.testing.assert_array_equal(o["s1"], o["cond"])
+  assert calls["s1"] == [("denoise", B)]
+  np.testing.assert_allclose(o["s0"], o["null"], atol=1e-7)
+  assert calls["s0"] == [("denoise", 2 * B)]
+  np.testing.assert_allclose(o["s2"], o["null"] + 2.0 * (o["cond"] - o["null"]), atol=1e-6)
+  assert calls["s2"] == [("denoise", 2 * B)]
+  want = o["e00"] + 1.5 * (o["ep0"] - o["e00"]) + 2.5 * (o["e0s"] - o["e00"])
+  np.testing.assert_allclose(o["disentangled"], want, atol=1e-6)
+  assert calls["disentangled"] == [("denoise", 3 * B)]
 
 
 def test_style_interpolation_mixes_encoder_features_per_sample(toy_inputs):
