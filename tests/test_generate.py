@@ -1,0 +1,189 @@
+"""Tests of pidm_jax.generate (test-split generation, official names) and of the LPIPS/FID part of
+train.sample_quality (metrics of the samples drawn during training)."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+from PIL import Image
+
+from configs import tiny
+from input_pipeline.synthetic_people import SyntheticPeople, SyntheticPeopleConfig
+from pidm_jax import checkpointing, generate, sharding
+from pidm_jax import train as train_lib
+from pidm_jax.evaluation import lpips as lpips_lib
+from pidm_jax.evaluation import protocol, runner
+from pidm_jax.models import PIDM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = SyntheticPeopleConfig(name="gen_tiny", resolution=64, train_identities=2,
+                             test_identities=3, poses_per_identity=3)  # 9 test pairs
+
+
+# ----------------------------------------------------------------------------------------------
+# Names
+
+
+def test_official_deepfashion_names():
+  assert (generate.image_stem("img/MEN/Denim/id_00000080/01_1_front.png")
+          == "fashionMENDenimid0000008001_1front")
+  assert (generate.image_stem("MEN/Denim/id_00000080/01_1_front.jpg")
+          == "fashionMENDenimid0000008001_1front")
+  # the category keeps its underscore, the file name only its first one
+  assert (generate.image_stem("img/WOMEN/Blouses_Shirts/id_00000001/02_7_additional.png")
+          == "fashionWOMENBlouses_Shirtsid0000000102_7additional")
+  # GFLA layout: already flat
+  assert (generate.image_stem("fashionMENDenimid0000008001_1front.jpg")
+          == "fashionMENDenimid0000008001_1front")
+  name = generate.output_name("img/MEN/Denim/id_00000080/01_1_front.png",
+                              "img/MEN/Denim/id_00000080/01_2_side.png")
+  assert name == "fashionMENDenimid0000008001_1front_2_fashionMENDenimid0000008001_2side_vis.png"
+  truth = generate.ground_truth_name("img/MEN/Denim/id_00000080/01_2_side.png")
+  assert truth == "deepfashionMENDenimid0000008001_2side.png"
+  # the evaluation's matching finds that ground truth
+  assert "deep" + protocol.target_stem(name) + ".png" == truth
+
+
+def test_other_ids_become_readable_unambiguous_names():
+  assert generate.image_stem("train_00012/pose_2") == "train-00012-pose-2"
+  assert generate.image_stem("0002_c1s1_000451_03.jpg") == "0002-c1s1-000451-03"
+  name = generate.output_name("test_00001/pose_2", "test_00001/pose_1")
+  assert name == "test-00001-pose-2_2_test-00001-pose-1_vis.png"
+  assert protocol.target_stem(name) + ".png" == generate.ground_truth_name("test_00001/pose_1")
+  with pytest.raises(ValueError, match="empty file name"):
+    generate.image_stem("///")
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: tiny data set, tiny checkpoint, every pair once, then the evaluation
+
+
+def _randomised_params(config, seed=1, scale=0.15):
+  """Random parameters of the tiny PIDM as a pure dict (NumPy draws, no compilation)."""
+  abstract = nnx.eval_shape(lambda: PIDM(config.model, rngs=nnx.Rngs(0)))
+  params = nnx.state(abstract, nnx.Param).to_pure_dict()
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype),
+                      params)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("generate")
+  SyntheticPeople(config=DATA, data_dir=str(root / "tfds")).download_and_prepare()
+  config = tiny.get_config()
+  config.data.builder_config = DATA.name
+  config.data.data_dir = str(root / "tfds")
+  config.data.image_size = (32, 32)
+  config.sample.steps = 2
+  config.sample.batch_size = 4
+  config.mesh.data = 2
+  checkpointing.save_params(root / "ckpt", _randomised_params(config), config)
+  source = tfds.data_source(f"synthetic_people/{DATA.name}", data_dir=str(root / "tfds"),
+                            split="test")
+  ids = [(r["source_id"].decode(), r["target_id"].decode())
+         for r in (source[i] for i in range(len(source)))]
+  return root, config, ids
+
+
+def _mesh(config):
+  return sharding.create_mesh(config.mesh, devices=jax.devices()[:2])
+
+
+def test_every_pair_once_resume_and_evaluation(setup, tmp_path):
+  root, config, ids = setup
+  out = tmp_path / "gen"
+  logs = []
+  result = generate.generate_split(config, str(root / "ckpt"), str(out), write_ground_truth=True,
+                                   mesh=_mesh(config), progress=False, log=logs.append)
+  assert len(ids) == 9
+  names = sorted(generate.output_name(s, t) for s, t in ids)
+  assert len(set(names)) == 9
+  assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == names
+  truths = sorted({generate.ground_truth_name(t) for _, t in ids})
+  assert len(truths) < 9  # targets shared by several pairs are written once
+  assert sorted(os.listdir(out / "ground_truth")) == truths
+  assert (result.num_pairs, result.batch_size, result.num_batches) == (9, 4, 3)
+  assert (result.sampled_batches, result.written) == (3, 9)
+  for name in names:
+    with Image.open(out / name) as image:
+      assert image.size == (32, 32) and image.mode == "RGB"
+
+  # resume: only the batch with a missing file is sampled again, and reproducibly so
+  first = np.asarray(Image.open(out / names[0]))
+  by_record = [generate.output_name(s, t) for s, t in ids]
+  victim = by_record[5]  # batch 1 (records 4..7)
+  before = np.asarray(Image.open(out / victim))
+  os.remove(out / victim)
+  result = generate.generate_split(config, str(root / "ckpt"), str(out), write_ground_truth=True,
+                                   mesh=_mesh(config), progress=False, log=logs.append)
+  assert (result.sampled_batches, result.written) == (1, 4)
+  np.testing.assert_array_equal(np.asarray(Image.open(out / victim)), before)
+  np.testing.assert_array_equal(np.asarray(Image.open(out / names[0])), first)
+  assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == names
+
+  # the evaluation command's runner matches every output to its ground truth
+  results = runner.evaluate(runner.EvalConfig(generated=str(out),
+                                              ground_truth=str(out / "ground_truth"),
+                                              size=(32, 32), batch_size=16, ssim_win_size=7,
+                                              progress=False))
+  assert results["num_pairs"] == 9
+  assert 0.0 < results["metrics"]["ssim"] < 1.0 and np.isfinite(results["metrics"]["ssim_win51"])
+
+  # the CLI parses its flags and finds nothing left to do (no compilation)
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  cli = subprocess.run(
+      [sys.executable, "-m", "pidm_jax.generate", f"--config={ROOT}/configs/tiny.py",
+       f"--checkpoint={root / 'ckpt'}", f"--out={out}", "--write_ground_truth",
+       f"--config.data.builder_config={DATA.name}", f"--config.data.data_dir={root / 'tfds'}",
+       "--config.data.image_size=(32, 32)", "--config.sample.steps=2",
+       "--config.sample.batch_size=4", "--config.mesh.data=2"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert cli.returncode == 0, cli.stderr[-3000:]
+  assert "all 9 pairs" in cli.stdout + cli.stderr and "nothing to do" in cli.stdout + cli.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics of the training-time samples
+
+
+def _lpips_weight_files(tmp_path):
+  """Random torchvision-AlexNet trunk and lpips heads (torch key names) as two .npz files."""
+  rng = np.random.default_rng(0)
+  trunk, heads = {}, {}
+  layers = {0: (3, 64, 11), 3: (64, 192, 5), 6: (192, 384, 3), 8: (384, 256, 3), 10: (256, 256, 3)}
+  for idx, (cin, cout, k) in layers.items():
+    trunk[f"features.{idx}.weight"] = (rng.normal(size=(cout, cin, k, k))
+                                       * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
+    trunk[f"features.{idx}.bias"] = rng.normal(0, 0.1, cout).astype(np.float32)
+  for i, c in enumerate((64, 192, 384, 256, 256)):
+    heads[f"lin{i}.model.1.weight"] = np.abs(rng.normal(0, 0.2, (1, c, 1, 1))).astype(np.float32)
+  np.savez(tmp_path / "alexnet.npz", **trunk)
+  np.savez(tmp_path / "alex_lin.npz", **heads)
+  return [str(tmp_path / "alexnet.npz"), str(tmp_path / "alex_lin.npz")]
+
+
+def test_sample_quality_adds_lpips_when_configured(tmp_path):
+  rng = np.random.default_rng(0)
+  pairs = {k: rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+           for k in ("source_image", "target_image")}
+  samples = np.clip(pairs["target_image"] + rng.normal(0, 0.3, (3, 32, 32, 3)), -1, 1)
+  config = tiny.get_config()
+  plain = train_lib.sample_quality(pairs, samples, config.eval)  # nothing configured
+  assert set(plain) == {"ssim", "ssim_copy_source"}
+
+  files = _lpips_weight_files(tmp_path)
+  config.eval.lpips_weights = ",".join(files)
+  quality = train_lib.sample_quality(pairs, samples, config.eval)
+  expected = lpips_lib.load_lpips(files)(jnp.asarray(samples, jnp.float32),
+                                         jnp.asarray(pairs["target_image"]))
+  assert quality["lpips"] == pytest.approx(float(np.mean(np.asarray(expected))), rel=1e-5)
+  assert quality["lpips"] > 0 and quality["ssim"] == plain["ssim"]
+  assert "fid_small_sample" not in quality
