@@ -362,7 +362,8 @@ def _quality_networks(lpips_weights: str | None, fid_weights: str | None,
   else:
     _log_once("eval: LPIPS skipped (config.eval.lpips_weights is not set)")
   if fid_weights:
-    network = fid_network or runner._detect_fid_network(fid_weights)  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    network = fid_network or runner._detect_fid_network(fid_weights)
     inception = inception_lib.load_inception(fid_weights, network)
     _log_once(f"eval: fid_small_sample uses InceptionV3 '{network}' from {fid_weights}: FID of the "
               "fixed sample pairs against their own ground truth, not comparable to the protocol's "

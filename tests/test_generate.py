@@ -187,3 +187,36 @@ def test_sample_quality_adds_lpips_when_configured(tmp_path):
   assert quality["lpips"] == pytest.approx(float(np.mean(np.asarray(expected))), rel=1e-5)
   assert quality["lpips"] > 0 and quality["ssim"] == plain["ssim"]
   assert "fid_small_sample" not in quality
+
+
+class _PooledFeatures(nnx.Module):
+  """A stand-in for InceptionV3 (its real weights are far too slow for this test): (N, 6) features
+  of [0, 1] images, the per-channel means and standard deviations."""
+
+  def __call__(self, images):
+    return jnp.concatenate([images.mean(axis=(1, 2)), images.std(axis=(1, 2))], axis=-1)
+
+
+def test_sample_quality_small_sample_fid_is_wired_and_labelled(tmp_path, monkeypatch):
+  from pidm_jax.evaluation import fid, inception  # pylint: disable=import-outside-toplevel
+  loaded = []
+  monkeypatch.setattr(inception, "load_inception",
+                      lambda path, network: loaded.append((path, network)) or _PooledFeatures())
+  rng = np.random.default_rng(1)
+  pairs = {k: rng.uniform(-1, 1, (5, 16, 16, 3)).astype(np.float32)
+           for k in ("source_image", "target_image")}
+  samples = rng.uniform(-1, 1, (5, 16, 16, 3)).astype(np.float32)
+  config = tiny.get_config()
+  config.eval.fid_weights = str(tmp_path / "pt_inception.pth")
+  config.eval.fid_network = "pt_inception"
+  quality = train_lib.sample_quality(pairs, samples, config.eval)
+  assert loaded == [(config.eval.fid_weights, "pt_inception")]
+  feats = [np.asarray(_PooledFeatures()(jnp.asarray((x + 1) / 2))) for x in
+           (samples, pairs["target_image"])]
+  expected = fid.frechet_distance(*fid.activation_statistics(feats[0]),
+                                  *fid.activation_statistics(feats[1]))
+  assert quality["fid_small_sample"] == pytest.approx(expected, rel=1e-4)
+  assert "lpips" not in quality
+  # one pair: no covariance, so no FID
+  one = train_lib.sample_quality({k: v[:1] for k, v in pairs.items()}, samples[:1], config.eval)
+  assert "fid_small_sample" not in one and "ssim" in one
