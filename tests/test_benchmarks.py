@@ -1,0 +1,96 @@
+"""The benchmark suite's accounting: peak table, model FLOPs, utilisation and the results row.
+
+No model runs here: the figures are computed from given step times.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+run = _load("run")
+peaks = run.peaks
+
+
+@pytest.mark.parametrize("kind, platform, name, peak", [
+    ("NVIDIA H100 80GB HBM3", "gpu", "H100", 989.0),
+    ("NVIDIA H200", "gpu", "H200", 989.0),
+    ("NVIDIA A100-SXM4-40GB", "gpu", "A100", 312.0),
+    ("TPU v4", "tpu", "TPU v4", 275.0),
+    ("TPU v5 lite", "tpu", "TPU v5e", 197.0),
+    ("TPU v5", "tpu", "TPU v5p", 459.0),
+    ("TPU v6 lite", "tpu", "TPU v6e", 918.0),
+    ("NVIDIA GeForce RTX 4090", "gpu", "NVIDIA GeForce RTX 4090", None),
+])
+def test_peak_table(kind, platform, name, peak):
+  assert peaks.peak_tflops(kind, platform) == (name, peak)
+
+
+def test_cpu_peak_comes_from_the_command_line():
+  assert peaks.peak_tflops("cpu", "cpu")[1] is None
+  assert peaks.peak_tflops("cpu", "cpu", 1.5)[1] == 1.5
+
+
+def test_model_flops_of_the_paper_network():
+  from configs import default, tiny
+  assert peaks.is_paper_model(default.get_config().model)
+  assert not peaks.is_paper_model(tiny.get_config().model)
+  assert peaks.paper_train_flops(64, (256, 256)) == pytest.approx(64 * 2.1e12)
+  assert peaks.paper_train_flops(8, (512, 512)) == pytest.approx(4 * 8 * 2.1e12)
+  assert peaks.paper_sample_flops(1, (256, 256), 50, guided=True) == pytest.approx(56e12)
+  unguided = peaks.paper_sample_flops(1, (256, 256), 50, guided=False)
+  assert unguided == pytest.approx(140e9 + (56e12 - 140e9) / 2)
+
+
+def test_training_figures_and_results_row(tmp_path):
+  # 64 samples of the paper net in 1 s on 8 H100s: 134.4 TFLOP / 8 = 16.8 TFLOP/s per device.
+  fig = run.training_figures(step_s=1.0, batch_size=64, num_devices=8,
+                             xla_flops_per_device=20e12, model_flops_per_step=64 * 2.1e12,
+                             peak_per_device=989.0)
+  assert fig["samples_per_s"] == 64
+  assert fig["model_tflops_per_device"] == pytest.approx(16.8)
+  assert fig["model_utilisation"] == pytest.approx(16.8 / 989)
+  assert fig["xla_tflops_per_device"] == pytest.approx(20.0)
+  no_peak = run.training_figures(step_s=2.0, batch_size=4, num_devices=1,
+                                 xla_flops_per_device=None, model_flops_per_step=None,
+                                 peak_per_device=None)
+  assert no_peak["xla_utilisation"] is None and no_peak["model_tflops_per_device"] is None
+
+  record = {
+      "date": "2026-01-02T03:04:05+00:00", "config_name": "configs/tiny.py",
+      "overrides": ["--config.train.batch_size=4"], "skipped": ["pipeline"], "note": "a|b",
+      "pipeline_reported": "60", "config": {"data": {"image_size": [32, 32]}},
+      "environment": {"device": "H100", "device_count": 8, "jax": "0.1", "flax": "0.2"},
+      "train": dict(fig, batch_size=64, lower_s=1.0, compile_s=2.0, peak_memory_bytes=2**31),
+      "sample": {"steps": 50, "guidance_scale": 2.0,
+                 "throughput": {"batch": 64, "images_per_s": 5.0, "first_call_s": 30.0},
+                 "latency": {"batch": 1, "latency_s": 1.5, "first_call_s": 20.0}},
+  }
+  row = run.results_row(record)
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  header = [c.strip() for c in run.RESULTS_HEADER.strip("|").split("|")]
+  assert len(cells) == len(header)
+  assert cells[:7] == ["2026-01-02 03:04", "H100", "8", "0.1 / 0.2",
+                       "configs/tiny.py --config.train.batch_size=4", "32x32", "64"]
+  assert cells[9] == "1.0 + 2.0"
+  assert cells[11] == "16.8 (1.7%)"
+  assert cells[12] == "2.00 GiB"
+  assert cells[16] == "60 (not re-run)"
+  assert cells[17] == "a/b"  # a '|' in the note would break the table
+
+  path = tmp_path / "RESULTS.md"
+  run.append_row(str(path), row)
+  run.append_row(str(path), row)
+  lines = path.read_text().splitlines()
+  assert lines.count(run.RESULTS_HEADER) == 1
+  assert lines[-2:] == [row, row]
