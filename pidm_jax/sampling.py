@@ -598,9 +598,11 @@ class Sampler:
 
 
 def _global_array(x, sharding: NamedSharding) -> Array:
-  """A float32 global array with ``sharding``, from the same full batch on every process."""
-  if isinstance(x, jax.Array) and x.dtype == jnp.float32 and x.sharding == sharding:
-    return x
+  """A float32 global array with ``sharding``: a JAX array is resharded (it may span several
+  processes); a NumPy batch must be the same full batch on every process."""
+  if isinstance(x, jax.Array):
+    x = x if x.dtype == jnp.float32 else x.astype(jnp.float32)
+    return x if x.sharding == sharding else jax.device_put(x, sharding)
   x = np.asarray(x, np.float32)
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
