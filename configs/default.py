@@ -79,6 +79,11 @@ def get_config() -> ml_collections.ConfigDict:
   sample.steps = 50
   sample.guidance_scale = 2.0
   sample.eta = 0.0
+  sample.spacing = "official"  # or "trailing" (starts at T - 1)
+  sample.guidance = "style"  # or "disentangled" (needs a model trained with pose dropout)
+  sample.pose_scale = 2.0  # w_p of the disentangled guidance
+  sample.style_scale = 2.0  # w_s of the disentangled guidance
+  sample.appearance = "official"  # appearance-control blending: "official" or "corrected"
   sample.batch_size = 16
 
   config.mesh = mesh = ml_collections.ConfigDict()

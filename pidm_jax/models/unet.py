@@ -180,7 +180,6 @@ class Denoiser(nnx.Module):
     self.out_norm = layers.GroupNorm32(up[-1].out_channels, num_groups=cfg.num_groups,
                                        epsilon=cfg.norm_eps, **kw)
     self.out_conv = layers.conv(up[-1].out_channels, cfg.out_channels, 3, zero_init=True, **kw)
-    self._levels = [p.level for p in down]
 
   def __call__(self, x: Array, t: Array, features: Sequence[Array]) -> Array:
     """Runs the UNet.
