@@ -4,6 +4,7 @@ train.sample_quality (metrics of the samples drawn during training)."""
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -96,12 +97,19 @@ def _mesh(config):
   return sharding.create_mesh(config.mesh, devices=jax.devices()[:2])
 
 
-def test_every_pair_once_resume_and_evaluation(setup, tmp_path):
+def test_every_pair_once_resume_and_evaluation(setup, tmp_path, monkeypatch):
   root, config, ids = setup
   out = tmp_path / "gen"
   logs = []
+  # the checkpoint is really read once; the resumed run reuses that model (restoring takes seconds)
+  loaded = {}
+  load_model = checkpointing.load_model
+  monkeypatch.setattr(checkpointing, "load_model", lambda directory, config, mesh: (
+      loaded.setdefault(directory, load_model(directory, config, mesh=mesh))))
+  mesh = _mesh(config)
   result = generate.generate_split(config, str(root / "ckpt"), str(out), write_ground_truth=True,
-                                   mesh=_mesh(config), progress=False, log=logs.append)
+                                   mesh=mesh, progress=False, log=logs.append)
+  assert list(loaded) == [str(root / "ckpt")]
   assert len(ids) == 9
   names = sorted(generate.output_name(s, t) for s, t in ids)
   assert len(set(names)) == 9
@@ -122,7 +130,7 @@ def test_every_pair_once_resume_and_evaluation(setup, tmp_path):
   before = np.asarray(Image.open(out / victim))
   os.remove(out / victim)
   result = generate.generate_split(config, str(root / "ckpt"), str(out), write_ground_truth=True,
-                                   mesh=_mesh(config), progress=False, log=logs.append)
+                                   mesh=mesh, progress=False, log=logs.append)
   assert (result.sampled_batches, result.written) == (1, 4)
   np.testing.assert_array_equal(np.asarray(Image.open(out / victim)), before)
   np.testing.assert_array_equal(np.asarray(Image.open(out / names[0])), first)
@@ -170,7 +178,18 @@ def _lpips_weight_files(tmp_path):
   return [str(tmp_path / "alexnet.npz"), str(tmp_path / "alex_lin.npz")]
 
 
-def test_sample_quality_adds_lpips_when_configured(tmp_path):
+class _Writer:
+  def __init__(self):
+    self.scalars_logged, self.images = {}, []
+
+  def scalars(self, step, values):
+    self.scalars_logged.update({(step, k): v for k, v in values.items()})
+
+  def image(self, step, tag, image):
+    self.images.append((step, tag, image.shape))
+
+
+def test_sample_quality_adds_lpips_when_configured(tmp_path, monkeypatch):
   rng = np.random.default_rng(0)
   pairs = {k: rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
            for k in ("source_image", "target_image")}
@@ -187,6 +206,19 @@ def test_sample_quality_adds_lpips_when_configured(tmp_path):
   assert quality["lpips"] == pytest.approx(float(np.mean(np.asarray(expected))), rel=1e-5)
   assert quality["lpips"] > 0 and quality["ssim"] == plain["ssim"]
   assert "fid_small_sample" not in quality
+
+  # _sample_and_log (training, every sample_every steps) logs it to TensorBoard under eval/
+  monkeypatch.setattr(train_lib, "sample_pairs", lambda trainer, params, pairs, seed: samples)
+  pairs["target_pose"] = np.zeros((3, 32, 32, 20), np.float32)
+  trainer = types.SimpleNamespace(config=config)
+  state = types.SimpleNamespace(ema_params=None)
+  writer = _Writer()
+  # pylint: disable-next=protected-access
+  logged = train_lib._sample_and_log(trainer, state, pairs, 7, str(tmp_path), writer, 0)
+  assert logged["lpips"] == quality["lpips"]
+  assert writer.scalars_logged[(7, "eval/lpips")] == quality["lpips"]
+  assert writer.scalars_logged[(7, "eval/ssim")] == quality["ssim"]
+  assert os.path.exists(logged["grid"])
 
 
 class _PooledFeatures(nnx.Module):
