@@ -250,9 +250,11 @@ def bench_train(config, peak: float | None, warmup: int, timed: int, seed: int) 
   t = time.perf_counter()
   lowered = trainer.train_step.lower(state, batch)
   lower_s = time.perf_counter() - t
+  print(f"train: init {init_s:.1f} s, lower {lower_s:.1f} s; compiling", flush=True)
   t = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t
+  print(f"train: compile {compile_s:.1f} s", flush=True)
 
   holder = {"state": state}
 
@@ -367,12 +369,16 @@ def main(argv):
   bad = sorted(set(FLAGS.skip) - set(SKIPPABLE))
   if bad:
     raise app.UsageError(f"--skip: unknown parts {bad}; expected some of {SKIPPABLE}")
+  for name in ("timed_steps", "sample_repeats"):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f"--{name} must be at least 1, got {FLAGS[name].value}")
   config = FLAGS.config
   now = datetime.datetime.now(datetime.timezone.utc)
   env = environment(FLAGS.cpu_peak_tflops)
   record = {"date": now.isoformat(timespec="seconds"), "environment": env,
             "config_name": os.path.relpath(config_flags.get_config_filename(FLAGS["config"])),
-            "overrides": _overrides(), "config": json.loads(config.to_json_best_effort()),
+            "overrides": _overrides(), "argv": sys.argv[1:],
+            "config": json.loads(config.to_json_best_effort()),
             "skipped": list(FLAGS.skip), "note": FLAGS.note,
             "pipeline_reported": FLAGS.pipeline_reported}
   print(f"devices: {env['device_count']} x {env['device_kind']} ({env['platform']}), peak "
