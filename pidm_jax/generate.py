@@ -9,7 +9,8 @@ Every pair of the split is sampled once with the EMA parameters (``config.sample
 guidance scale 2 is the official protocol), in global batches of ``config.sample.batch_size``
 (rounded up to the mesh's batch shards) over all devices and hosts; batch k draws its noise from
 ``fold_in(key(config.seed), k)``, so the images do not depend on the number of devices or hosts.
-Process 0 writes one 8-bit PNG per pair at the network's size:
+Process 0 writes one 8-bit PNG per pair at the network's size, converted as the official script
+does (``uint8(255 (x + 1) / 2)``, truncated):
 
 * Output names: ``<src>_2_<tgt>_vis.png`` as the official ``gen.py``. A DeepFashion id
   ``img/MEN/Denim/id_00000080/01_1_front.png`` becomes ``fashionMENDenimid0000008001_1front``: the
@@ -33,6 +34,7 @@ import collections
 import dataclasses
 import os
 import re
+import sys
 import time
 
 import jax
@@ -101,8 +103,17 @@ def _duplicates(names) -> list[str]:
   return sorted(n for n, c in collections.Counter(names).items() if c > 1)
 
 
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+def sample_to_uint8(images) -> np.ndarray:
+  """Samples in [-1, 1] -> uint8 as the official ``gen.py`` saves them: 255 (x + 1) / 2 in float32,
+  truncated (not rounded)."""
+  x = np.clip(np.asarray(images, np.float32), -1.0, 1.0)
+  return (np.float32(255) * ((x + np.float32(1)) / np.float32(2))).astype(np.uint8)
+
+
+def target_to_uint8(images) -> np.ndarray:
+  """Pipeline images in [-1, 1] -> uint8, rounded (the stored uint8 pixels come back exactly)."""
+  x = np.clip(np.asarray(images, np.float32), -1.0, 1.0)
+  return np.round((x + 1.0) * 127.5).astype(np.uint8)
 
 
 def _agree(flags: np.ndarray) -> np.ndarray:
@@ -214,14 +225,15 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
       if not np.array_equal(index, expected):  # the pipeline's order is what the names rely on
         raise RuntimeError(f"batch {k} holds records {index.tolist()}, expected "
                            f"{expected.tolist()}")
-      for row, image in zip(index, _to_uint8(images[keep])):
+      for row, image in zip(index, sample_to_uint8(images[keep])):
         Image.fromarray(image).save(os.path.join(out_dir, names[row]))
         written += 1
       if write_ground_truth:
-        for row, image in zip(index, _to_uint8(targets)):
-          if truth_names[row] not in truth_written:
-            Image.fromarray(image).save(os.path.join(ground_truth_dir, truth_names[row]))
-            truth_written.add(truth_names[row])
+        for row, image in zip(index, target_to_uint8(targets)):
+          path = os.path.join(ground_truth_dir, truth_names[row])
+          if truth_names[row] not in truth_written and (overwrite or not os.path.exists(path)):
+            Image.fromarray(image).save(path)
+          truth_written.add(truth_names[row])
       if bar is not None:
         bar.update(1)
   if bar is not None:
@@ -241,9 +253,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.multihost:
     jax.distributed.initialize()
-  generate_split(FLAGS.config, FLAGS.checkpoint, FLAGS.out, split=FLAGS.split,
-                 write_ground_truth=FLAGS.write_ground_truth,
-                 ground_truth_dir=FLAGS.ground_truth_dir, overwrite=FLAGS.overwrite)
+  try:
+    generate_split(FLAGS.config, FLAGS.checkpoint, FLAGS.out, split=FLAGS.split,
+                   write_ground_truth=FLAGS.write_ground_truth,
+                   ground_truth_dir=FLAGS.ground_truth_dir, overwrite=FLAGS.overwrite)
+  except (FileNotFoundError, ValueError) as e:  # bad data set, split, checkpoint or config
+    sys.exit("error: " + " ".join(str(e).split()))
 
 
 if __name__ == "__main__":

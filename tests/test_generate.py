@@ -61,6 +61,16 @@ def test_other_ids_become_readable_unambiguous_names():
     generate.image_stem("///")
 
 
+def test_pixel_conversions():
+  # samples as the official gen.py saves them: uint8(255 * (x + 1) / 2), truncated
+  x = np.array([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0], np.float32)
+  np.testing.assert_array_equal(generate.sample_to_uint8(x), [0, 0, 127, 254, 255, 255])
+  # pipeline images (uint8 -> [-1, 1]) come back exactly
+  from input_pipeline import pipeline  # pylint: disable=import-outside-toplevel
+  pixels = np.arange(256, dtype=np.uint8)
+  np.testing.assert_array_equal(generate.target_to_uint8(pipeline.to_float_image(pixels)), pixels)
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end: tiny data set, tiny checkpoint, every pair once, then the evaluation
 
@@ -135,6 +145,10 @@ def test_every_pair_once_resume_and_evaluation(setup, tmp_path, monkeypatch):
   np.testing.assert_array_equal(np.asarray(Image.open(out / victim)), before)
   np.testing.assert_array_equal(np.asarray(Image.open(out / names[0])), first)
   assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == names
+
+  with pytest.raises(ValueError, match="no split 'validation'"):
+    generate.generate_split(config, str(root / "ckpt"), str(tmp_path / "other"), mesh=mesh,
+                            split="validation", progress=False)
 
   # the evaluation command's runner matches every output to its ground truth
   results = runner.evaluate(runner.EvalConfig(generated=str(out),
