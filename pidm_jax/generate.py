@@ -30,7 +30,6 @@ Resumable: a batch whose files all exist is not sampled again (``--overwrite`` r
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import re
@@ -99,10 +98,6 @@ class Result:
   seconds: float
 
 
-def _duplicates(names) -> list[str]:
-  return sorted(n for n, c in collections.Counter(names).items() if c > 1)
-
-
 def sample_to_uint8(images) -> np.ndarray:
   """Samples in [-1, 1] -> uint8 as the official ``gen.py`` saves them: 255 (x + 1) / 2 in float32,
   truncated (not rounded)."""
@@ -143,8 +138,11 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
     progress: a progress bar on process 0.
     log: where the summary line goes.
 
+  A (source, target) pair listed more than once is written once.
+
   Raises:
-    ValueError: two pairs of the split would get the same output name (naming them).
+    ValueError: two different pairs would get the same output name (naming them); the data set,
+      split or checkpoint cannot be read.
   """
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
@@ -164,10 +162,18 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
   n = eval_data.num_examples
   ids = eval_data.ids(np.arange(n))
   names = [output_name(s, t) for s, t in ids]
-  dupes = _duplicates(names)
-  if dupes:
-    raise ValueError(f"split {split!r}: {len(dupes)} output name(s) are shared by several pairs "
-                     f"(the same source and target listed twice?): {', '.join(dupes[:5])}")
+  owner = {}  # output name -> the first record with it
+  clashes = set()
+  for row, (name, pair) in enumerate(zip(names, ids)):
+    first = owner.setdefault(name, row)
+    if ids[first] != pair:
+      clashes.add(f"{name} ({ids[first]} and {pair})")
+  if clashes:
+    raise ValueError(f"split {split!r}: {len(clashes)} output name(s) would be shared by different "
+                     f"pairs: {', '.join(sorted(clashes)[:5])}")
+  if len(owner) < n:
+    log(f"split {split!r} lists {n - len(owner)} (source, target) pair(s) more than once; each is "
+        "written once")
   truth_names = [ground_truth_name(t) for _, t in ids]
   if write_ground_truth and ground_truth_dir is None:
     ground_truth_dir = os.path.join(out_dir, "ground_truth")
@@ -226,8 +232,9 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
         raise RuntimeError(f"batch {k} holds records {index.tolist()}, expected "
                            f"{expected.tolist()}")
       for row, image in zip(index, sample_to_uint8(images[keep])):
-        Image.fromarray(image).save(os.path.join(out_dir, names[row]))
-        written += 1
+        if owner[names[row]] == row:
+          Image.fromarray(image).save(os.path.join(out_dir, names[row]))
+          written += 1
       if write_ground_truth:
         for row, image in zip(index, target_to_uint8(targets)):
           path = os.path.join(ground_truth_dir, truth_names[row])

@@ -71,6 +71,37 @@ def test_pixel_conversions():
   np.testing.assert_array_equal(generate.target_to_uint8(pipeline.to_float_image(pixels)), pixels)
 
 
+class _FakeEvalData:
+  def __init__(self, ids, batch):
+    self._ids, self.num_examples = ids, len(ids)
+    self.num_batches = -(-len(ids) // batch)
+
+  def ids(self, indices):
+    return [self._ids[i] for i in indices]
+
+
+def test_name_clashes_raise_and_repeated_pairs_are_written_once(tmp_path, monkeypatch):
+  from input_pipeline import pipeline  # pylint: disable=import-outside-toplevel
+  config = tiny.get_config()
+  config.sample.batch_size = 8
+  mesh = sharding.create_mesh(config.mesh)
+  ids = []
+  monkeypatch.setattr(pipeline, "create_datasets",
+                      lambda *a, **k: (None, _FakeEvalData(ids, k["eval_batch_size"])))
+  ids[:] = [("p/a_b", "p/t"), ("p/a-b", "p/t")]
+  with pytest.raises(ValueError, match=r"1 output name\(s\) would be shared.*p-a-b_2_p-t_vis"):
+    generate.generate_split(config, None, str(tmp_path), mesh=mesh, progress=False)
+  ids[:] = [("p/a", "p/t"), ("p/b", "p/t"), ("p/a", "p/t")]
+  for s, t in ids:
+    (tmp_path / generate.output_name(s, t)).write_bytes(b"")
+  logs = []
+  result = generate.generate_split(config, None, str(tmp_path), mesh=mesh, progress=False,
+                                   log=logs.append)
+  assert result.sampled_batches == 0 and result.num_pairs == 3
+  assert any("1 (source, target) pair(s) more than once" in line for line in logs)
+  assert any("nothing to do" in line for line in logs)
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end: tiny data set, tiny checkpoint, every pair once, then the evaluation
 
