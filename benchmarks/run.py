@@ -141,7 +141,9 @@ def training_figures(*, step_s: float, batch_size: int, num_devices: int,
   """
   out = {"step_s": step_s, "samples_per_s": batch_size / step_s}
   xla = None if xla_flops_per_device is None else xla_flops_per_device / step_s / 1e12
-  model = None if model_flops_per_step is None else model_flops_per_step / num_devices / step_s / 1e12
+  model = None
+  if model_flops_per_step is not None:
+    model = model_flops_per_step / num_devices / step_s / 1e12
   out.update(xla_tflops_per_device=xla, xla_utilisation=peaks.utilisation(xla, peak_per_device),
              model_tflops_per_device=model,
              model_utilisation=peaks.utilisation(model, peak_per_device))
