@@ -193,9 +193,10 @@ def results_row(record: Mapping[str, Any]) -> str:
       + (f", {sa['steps']} steps, s={sa['guidance_scale']:g}" if sa else ""),
       _fmt(lat.get("latency_s")) if lat else "n/a",
       "; ".join(first) or "n/a",
-      _fmt(pi.get("samples_per_cpu_s"), ".1f") if pi else (
+      (f"{pi['samples_per_cpu_s']:.1f} @{pi['image_size'][0]}x{pi['image_size'][1]}"
+       if pi else (
           f"{record['pipeline_reported']} (not re-run)" if record.get("pipeline_reported")
-          else "n/a"),
+          else "n/a")),
       record.get("note", "").replace("|", "/"),
   ]
   return "| " + " | ".join(cells) + " |"

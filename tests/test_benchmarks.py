@@ -88,6 +88,9 @@ def test_training_figures_and_results_row(tmp_path):
   assert cells[16] == "60 (not re-run)"
   assert cells[17] == "a/b"  # a '|' in the note would break the table
 
+  measured = dict(record, pipeline={"samples_per_cpu_s": 61.23, "image_size": [256, 256]})
+  assert run.results_row(measured).split(" | ")[16] == "61.2 @256x256"
+
   path = tmp_path / "RESULTS.md"
   run.append_row(str(path), row)
   run.append_row(str(path), row)
