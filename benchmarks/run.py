@@ -342,7 +342,7 @@ def bench_pipeline(extra_args: str) -> dict:
   result, _ = json.JSONDecoder().raw_decode(text[text.index("{"):])
   figures = result["pipeline"]
   figures.update(dataset=result["dataset"], image_size=result["image_size"],
-                 stages_ms_per_pair=result["stages_ms_per_pair"], command=" ".join(cmd[1:]))
+                 stages_ms_per_pair=result["stages_ms_per_pair"], command=" ".join([os.path.relpath(cmd[1], os.path.dirname(_HERE))] + cmd[2:]))
   return figures
 
 
