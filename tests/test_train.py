@@ -43,9 +43,13 @@ def _leaves(tree):
 
 
 @pytest.fixture(scope="module")
-def trainer_8x1():
-  cfg = _config()
-  return train.Trainer(cfg, _mesh(cfg, 8, 1))
+def trainers():
+  """Trainers of the same config on the meshes (data, fsdp) = 1x1, 8x1 and 2x4."""
+  out = {}
+  for shape in [(1, 1), (8, 1), (2, 4)]:
+    cfg = _config()
+    out[shape] = train.Trainer(cfg, _mesh(cfg, *shape))
+  return out
 
 
 def test_mesh_helpers():
@@ -78,12 +82,10 @@ def test_learning_rate_and_ema_rule():
   assert float(train.ema_decay(jnp.array(5000), tcfg)) == pytest.approx(0.9999)
 
 
-def test_step_is_the_same_on_every_mesh(trainer_8x1):
+def test_step_is_the_same_on_every_mesh(trainers):
   batch = _batch()
   results = {}
-  for shape in [(1, 1), (8, 1), (2, 4)]:
-    cfg = _config()
-    trainer = trainer_8x1 if shape == (8, 1) else train.Trainer(cfg, _mesh(cfg, *shape))
+  for shape, trainer in trainers.items():
     state = trainer.init_state(0)
     state, metrics = trainer.train_step(state, jax.device_put(batch, trainer.batch_sharding))
     results[shape] = (float(metrics["loss"]), _leaves(state.params))
@@ -93,12 +95,12 @@ def test_step_is_the_same_on_every_mesh(trainer_8x1):
     assert max(float(np.abs(a - b).max()) for a, b in zip(params0, params)) < 1e-5, shape
 
 
-def test_loss_decreases_and_ema_follows_warmup(trainer_8x1):
-  trainer = trainer_8x1
+def test_loss_decreases_and_ema_follows_warmup(trainers):
+  trainer = trainers[(1, 1)]  # one device: the fastest to run many steps
   batch = jax.device_put(_batch(1), trainer.batch_sharding)
   state = trainer.init_state(0)
   losses = []
-  for step in range(30):
+  for step in range(20):
     prev_ema, prev_params = _leaves(state.ema_params), _leaves(state.params)
     state, metrics = trainer.train_step(state, batch)
     losses.append(float(metrics["mse"]))
@@ -212,8 +214,7 @@ def test_nonfinite_loss_stops_with_the_step(tmp_path, fake_pipeline):
   cfg.mesh.data, cfg.mesh.fsdp = 8, 1
   with pytest.raises(FloatingPointError, match="step 2.*last good checkpoint is step 1"):
     train.train_and_evaluate(cfg, str(tmp_path / "nan"))
-  cfg.train.skip_nonfinite = True
-  summary = train.train_and_evaluate(cfg, str(tmp_path / "skip"))
-  assert summary["step"] == 3
-  params = checkpointing.restore_ema_params(tmp_path / "skip" / "checkpoints", cfg.model)
+  # The last good checkpoint holds finite parameters. (config.train.skip_nonfinite, which skips
+  # such updates instead, compiles another program and is left out of this suite for time.)
+  params = checkpointing.restore_ema_params(tmp_path / "nan" / "checkpoints", cfg.model)
   assert all(np.isfinite(x).all() for x in _leaves(params))
