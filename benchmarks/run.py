@@ -33,14 +33,14 @@ import time
 from typing import Any, Mapping
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+# The repository root first, so that `input_pipeline` is the package, not benchmarks/input_pipeline.py.
 sys.path.insert(0, os.path.dirname(_HERE))
-sys.path.insert(0, _HERE)
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
-import peaks  # pylint: disable=g-import-not-at-top
+from benchmarks import peaks  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 SKIPPABLE = ("train", "sample", "pipeline")
