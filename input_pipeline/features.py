@@ -11,6 +11,7 @@ Each example is one (source, target) pair of the same person:
 * ``person_id``: the identity the pair belongs to.
 """
 
+import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -30,3 +31,12 @@ def pair_features(height: int, width: int) -> "tfds.features.FeaturesDict":
         "target_id": tfds.features.Text(),
         "person_id": tfds.features.Text(),
     })
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 RGB (H, W, 3) image: what the Image feature stores (tfds cannot encode
+  NumPy arrays without TensorFlow)."""
+  ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
+  if not ok:
+    raise ValueError(f"could not PNG-encode an image of shape {image.shape}")
+  return data.tobytes()

@@ -15,11 +15,11 @@ import dataclasses
 import os
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
-import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from input_pipeline.features import encode_png
 from pidm_jax import pose
 
 # How many entries of each kind an error message lists before "... and N more".
@@ -142,14 +142,6 @@ def load_image(path: os.PathLike | str, height: int, width: int) -> tuple[np.nda
     if original != (height, width):
       img = img.resize((width, height), Image.BICUBIC)
     return np.asarray(img, dtype=np.uint8), original
-
-
-def encode_png(image: np.ndarray) -> bytes:
-  """PNG bytes of a uint8 RGB (H, W, 3) image (TFDS cannot encode numpy arrays without TensorFlow)."""
-  ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
-  if not ok:
-    raise ValueError(f"could not PNG-encode an image of shape {image.shape}")
-  return data.tobytes()
 
 
 def check_pairs(pairs: Iterable[Pair], known: Mapping[str, object] | set[str],

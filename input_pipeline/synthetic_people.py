@@ -22,11 +22,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline.features import pair_features
+from input_pipeline.features import encode_png, pair_features
 from input_pipeline.synthetic import person
 
 _SPLITS = {"train": 0, "test": 1}
@@ -60,14 +59,6 @@ class SyntheticPeopleConfig(tfds.core.BuilderConfig):
         if self.train_identities < 0 or self.test_identities < 0:
             raise ValueError(f"{where}: identity counts must be >= 0, got "
                              f"{self.train_identities} and {self.test_identities}")
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 RGB (H, W, 3) image (what tfds's Image feature stores without TF)."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
-    if not ok:
-        raise ValueError(f"could not PNG-encode an image of shape {image.shape}")
-    return data.tobytes()
 
 
 def identity_images(config: SyntheticPeopleConfig, split: str, index: int):
