@@ -28,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from PIL import Image
 
+from pidm_jax import encoding
 from pidm_jax import sharding as sharding_lib
 from pidm_jax.diffusion import GaussianDiffusion
 from pidm_jax.models import PIDM
@@ -155,6 +156,7 @@ class Trainer:
     missing = [k for k in PAIR_KEYS if k not in batch]
     if missing:
       raise ValueError(f"training batch lacks {missing}; it has {sorted(batch)}")
+    batch = encoding.to_model_inputs(batch)  # the pipeline's uint8 -> float32, on the device
     x0 = jnp.concatenate([batch["target_image"], batch["source_image"]])
     style = jnp.concatenate([batch["source_image"], batch["target_image"]])
     pose = jnp.concatenate([batch["target_pose"], batch["source_pose"]])
@@ -176,14 +178,15 @@ class Trainer:
     grad_norm = optax.global_norm(grads)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # A non-finite step never reaches the state: the loop either stops (naming the step) or, with
+    # config.train.skip_nonfinite, counts it and goes on. Selecting here in both cases keeps one
+    # compiled program for both settings.
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    if cfg.get("skip_nonfinite", False):
-      params = _select(finite, params, state.params)
-      opt_state = _select(finite, opt_state, state.opt_state)
+    params = _select(finite, params, state.params)
+    opt_state = _select(finite, opt_state, state.opt_state)
     decay = ema_decay(state.step, cfg)
-    ema = optax.incremental_update(params, state.ema_params, step_size=1.0 - decay)
-    if cfg.get("skip_nonfinite", False):
-      ema = _select(finite, ema, state.ema_params)
+    ema = _select(finite, optax.incremental_update(params, state.ema_params, step_size=1.0 - decay),
+                  state.ema_params)
     metrics = dict(metrics, grad_norm=grad_norm,
                    learning_rate=learning_rate_schedule(cfg)(state.step),
                    finite=finite.astype(jnp.float32))
@@ -254,7 +257,7 @@ def ensure_dataset(config) -> None:
 
 
 def _fixed_eval_batch(eval_data, num_pairs: int) -> dict:
-  """The first ``num_pairs`` pairs of the evaluation split, as host NumPy arrays."""
+  """The first ``num_pairs`` pairs of the evaluation split, as host NumPy float32 model inputs."""
   from pidm_jax.sampling import gather  # pylint: disable=g-import-not-at-top
   out = {k: [] for k in PAIR_KEYS}
   have = 0
@@ -265,7 +268,7 @@ def _fixed_eval_batch(eval_data, num_pairs: int) -> dict:
     have += int(mask.sum())
     if have >= num_pairs:
       break
-  return {k: np.concatenate(v)[:num_pairs] for k, v in out.items()}
+  return encoding.to_model_inputs({k: np.concatenate(v)[:num_pairs] for k, v in out.items()})
 
 
 def sample_pairs(trainer: Trainer, params, pairs: dict, seed: int) -> np.ndarray:
@@ -415,6 +418,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     summary = {"step": start}
     pending = []
+    skipped = 0
     t_last, step_last = time.time(), start
     t_start = time.time()
     with _Preemption() as preempt:
@@ -441,7 +445,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
           rate = (step - step_last) / max(now - t_last, 1e-9)
           t_last, step_last = now, step
           means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-          means["nonfinite_steps_skipped"] = float(len(bad))
+          skipped += len(bad)
+          means["nonfinite_steps_skipped"] = float(skipped)  # in this run so far
           means.update(steps_per_second=rate, samples_per_second=rate * tcfg.batch_size)
           eta = (tcfg.num_train_steps - step) / max(rate, 1e-9)
           summary.update(means, step=step)

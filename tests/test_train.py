@@ -214,7 +214,21 @@ def test_nonfinite_loss_stops_with_the_step(tmp_path, fake_pipeline):
   cfg.mesh.data, cfg.mesh.fsdp = 8, 1
   with pytest.raises(FloatingPointError, match="step 2.*last good checkpoint is step 1"):
     train.train_and_evaluate(cfg, str(tmp_path / "nan"))
-  # The last good checkpoint holds finite parameters. (config.train.skip_nonfinite, which skips
-  # such updates instead, compiles another program and is left out of this suite for time.)
+  # The last good checkpoint holds finite parameters.
   params = checkpointing.restore_ema_params(tmp_path / "nan" / "checkpoints", cfg.model)
   assert all(np.isfinite(x).all() for x in _leaves(params))
+
+
+def test_skip_nonfinite_skips_the_update_and_counts_it(tmp_path, fake_pipeline):
+  fake_pipeline["nan"] = True
+  cfg = _config(num_train_steps=3, checkpoint_every=1, log_every=1, sample_every=0,
+                skip_nonfinite=True, keep_checkpoints=5)
+  cfg.mesh.data, cfg.mesh.fsdp = 8, 1
+  summary = train.train_and_evaluate(cfg, str(tmp_path / "skip"))
+  assert summary["step"] == 3 and summary["nonfinite_steps_skipped"] == 1
+  directory = tmp_path / "skip" / "checkpoints"
+  ema = [checkpointing.restore_ema_params(directory, cfg.model, step=s) for s in (1, 2, 3)]
+  # Step 2 saw a NaN: its update was dropped, so its state equals step 1's; step 3 trained on.
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(ema[0]), _leaves(ema[1])))
+  assert any(not np.array_equal(a, b) for a, b in zip(_leaves(ema[1]), _leaves(ema[2])))
+  assert all(np.isfinite(x).all() for x in _leaves(ema[2]))
