@@ -220,7 +220,8 @@ def append_row(path: str, row: str) -> None:
 
 
 def synthetic_batch(batch_size: int, image_size, pose_channels: int, seed: int):
-  """A training batch of ``batch_size // 2`` pairs: images in [-1, 1], pose maps in [0, 1]."""
+  """A training batch of ``batch_size // 2`` pairs as the input pipeline makes them: uint8 images
+  and pose maps (the train step converts them; ``pidm_jax.encoding``)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   if batch_size % 2:
     raise ValueError(f"config.train.batch_size = {batch_size} must be even (2 per pair)")
@@ -228,10 +229,10 @@ def synthetic_batch(batch_size: int, image_size, pose_channels: int, seed: int):
   h, w = image_size
   p = batch_size // 2
   return {
-      "source_image": rng.uniform(-1, 1, (p, h, w, 3)).astype(np.float32),
-      "target_image": rng.uniform(-1, 1, (p, h, w, 3)).astype(np.float32),
-      "source_pose": rng.uniform(0, 1, (p, h, w, pose_channels)).astype(np.float32),
-      "target_pose": rng.uniform(0, 1, (p, h, w, pose_channels)).astype(np.float32),
+      "source_image": rng.integers(0, 256, (p, h, w, 3), np.uint8),
+      "target_image": rng.integers(0, 256, (p, h, w, 3), np.uint8),
+      "source_pose": rng.integers(0, 256, (p, h, w, pose_channels), np.uint8),
+      "target_pose": rng.integers(0, 256, (p, h, w, pose_channels), np.uint8),
   }
 
 
@@ -294,7 +295,7 @@ def bench_sample(config, batches: Mapping[str, int], steps: int, guidance_scale:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from pidm_jax import sampling, sharding  # pylint: disable=g-import-not-at-top
+  from pidm_jax import encoding, sampling, sharding  # pylint: disable=g-import-not-at-top
   from pidm_jax.diffusion import GaussianDiffusion  # pylint: disable=g-import-not-at-top
   from pidm_jax.models import PIDM  # pylint: disable=g-import-not-at-top
 
@@ -309,7 +310,8 @@ def bench_sample(config, batches: Mapping[str, int], steps: int, guidance_scale:
     if b <= 0:
       continue
     use_mesh = mesh if (shards > 1 and b % shards == 0) else None
-    data = synthetic_batch(2 * b, image_size, config.model.pose_channels, seed)
+    data = encoding.to_model_inputs(
+        synthetic_batch(2 * b, image_size, config.model.pose_channels, seed))
     key = jax.random.key(seed)
 
     def call(data=data, key=key, use_mesh=use_mesh):

@@ -106,7 +106,10 @@ def sample_to_uint8(images) -> np.ndarray:
 
 
 def target_to_uint8(images) -> np.ndarray:
-  """Pipeline images in [-1, 1] -> uint8, rounded (the stored uint8 pixels come back exactly)."""
+  """Pipeline images -> uint8: uint8 pixels as they are; float in [-1, 1] rounded (the stored uint8
+  pixels come back exactly)."""
+  if np.asarray(images).dtype == np.uint8:
+    return np.asarray(images)
   x = np.clip(np.asarray(images, np.float32), -1.0, 1.0)
   return np.round((x + 1.0) * 127.5).astype(np.uint8)
 
@@ -146,6 +149,7 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
   """
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from pidm_jax import encoding  # pylint: disable=g-import-not-at-top
   from pidm_jax import sampling  # pylint: disable=g-import-not-at-top
   from pidm_jax import sharding  # pylint: disable=g-import-not-at-top
   from pidm_jax.diffusion import GaussianDiffusion  # pylint: disable=g-import-not-at-top
@@ -219,7 +223,8 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
       break
     if not todo[k]:
       continue
-    images = sampler(model, dict(source=batch["source_image"], pose=batch["target_pose"]),
+    inputs = encoding.to_model_inputs(batch)  # uint8 -> float32 where the batch lives
+    images = sampler(model, dict(source=inputs["source_image"], pose=inputs["target_pose"]),
                      jax.random.fold_in(key, k))
     images = sampling.gather(jax.numpy.clip(images, -1.0, 1.0))
     keep = sampling.gather(batch["mask"]).astype(bool)
