@@ -20,11 +20,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from typing import Mapping
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from pidm_jax import encoding
 
 NUM_KEYPOINTS = 18
 NUM_LIMBS = 17
@@ -92,11 +95,13 @@ def _as_keypoints(keypoints, name: str = "keypoints") -> np.ndarray:
     return kp
 
 
-def _limb_polygon(kp: np.ndarray, limb: int) -> np.ndarray | None:
+def _limb_polygon(kp, limb: int) -> np.ndarray | None:
     """The official ellipse polygon of limb ``limb``; None if one of its joints is missing.
 
     The official code works on float64 numbers: centre = (int(mean x), int(mean y)), half axes
-    (int(length / 2), 4), angle int(degrees(atan2(dy, dx))), sampled every degree.
+    (int(length / 2), 4), angle int(degrees(atan2(dy, dx))), sampled every degree. ``kp`` holds
+    (x, y) float64 pairs: Python floats (faster) give the same results as NumPy float64 scalars,
+    as both round each operation the same way and both compute ``**`` with the C library's pow.
     """
     a, b = LIMBS[limb]
     (xa, ya), (xb, yb) = kp[a], kp[b]
@@ -126,56 +131,128 @@ def _blend_luts() -> tuple[np.ndarray, ...]:
 _BLEND_LUTS = _blend_luts()
 
 
-def _distance_uint8(mask: np.ndarray) -> np.ndarray:
-    """uint8(clip(L1 distance to the mask's nonzero pixels / 3, 0, 255)), as the official code.
+def _distance_dtype(height: int, width: int):
+    """An integer dtype that holds every L1 distance inside a ``height`` x ``width`` image."""
+    return np.uint16 if height + width <= np.iinfo(np.uint16).max else np.int32
 
-    cv2.distanceTransform (DIST_L1, 3x3) gives whole numbers d, so uint8(d / 3) = floor(d / 3),
-    which equals round(|(d - 1) / 3|) saturated to 255: one convertScaleAbs pass instead of three
-    numpy ones.
-    The mask must have a nonzero pixel (else d is FLT_MAX, which convertScaleAbs cannot take).
+
+def _limb_distance_map(mask: np.ndarray, box: tuple[int, int, int, int], dist: np.ndarray,
+                       out: np.ndarray) -> None:
+    """Writes uint8(min(floor(d / 3), 255)) into ``out`` (H, W), d the L1 distance to the mask.
+
+    ``mask`` (nonzero = limb) covers the rectangle ``box`` = (x0, y0, x1, y1) of the image and
+    holds every limb pixel. The official code runs cv2.distanceTransform (DIST_L1: the exact L1
+    distance) on the whole image; here it runs on the rectangle only, and the rest follows exactly:
+    for a pixel p outside it, with c(p) = p clamped into the rectangle, |p - s| = |p - c(p)| +
+    |c(p) - s| for every limb pixel s, so d(p) = |p - c(p)|_1 + d(c(p)). ``dist`` is (H, W)
+    integer scratch space.
     """
-    dist = cv2.distanceTransform(255 - mask, cv2.DIST_L1, 3)
-    return cv2.convertScaleAbs(dist, alpha=1.0 / _DIST_DIVISOR, beta=-1.0 / _DIST_DIVISOR)
+    x0, y0, x1, y1 = box
+    height, width = dist.shape
+    inner = cv2.distanceTransform(cv2.bitwise_not(mask), cv2.DIST_L1, 3).astype(dist.dtype)
+    ramp = np.arange(max(height, width) + 1, dtype=dist.dtype)
+    rows = dist[y0:y1]
+    rows[:, x0:x1] = inner
+    np.add(inner[:, :1], ramp[x0:0:-1], out=rows[:, :x0])
+    np.add(inner[:, -1:], ramp[1:width - x1 + 1], out=rows[:, x1:])
+    np.add(rows[0], ramp[y0:0:-1, None], out=dist[:y0])
+    np.add(rows[-1], ramp[1:height - y1 + 1, None], out=dist[y1:])
+    # uint8(d / 3) = floor(d / 3) = round(|(d - 1) / 3|), saturated to 255, in one pass.
+    cv2.convertScaleAbs(dist, dst=out, alpha=1.0 / _DIST_DIVISOR, beta=-1.0 / _DIST_DIVISOR)
 
 
-def _draw(kp: np.ndarray, height: int, width: int, with_limb_maps: bool):
-    """Draws the BGR uint8 skeleton; also the 17 uint8 limb maps (H, W) when ``with_limb_maps``.
+_SCRATCH = threading.local()
 
-    Follows the official renderer step by step, with shortcuts that give identical results: the
-    0.4/0.6 blend of the canvas with its painted copy is looked up, and only inside the limb's
-    polygon (elsewhere the copy equals the canvas and the blend is the identity); a limb without any
-    pixel in the image gets the constant map 255 (its distance transform is FLT_MAX everywhere,
-    clipped to 255).
+
+def _scratch(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's reusable work arrays for maps of one size: the channel-major planes
+    (20, H * W) uint8 and the distances (H, W). Fresh large arrays cost page faults on every call;
+    each thread (grain reads with several) keeps its own."""
+    cache = getattr(_SCRATCH, "arrays", None)
+    if cache is None or cache[0] != (height, width):
+        cache = ((height, width), np.empty((POSE_CHANNELS, height * width), np.uint8),
+                 np.empty((height, width), _distance_dtype(height, width)))
+        _SCRATCH.arrays = cache
+    return cache[1], cache[2]
+
+
+def _render(kp: np.ndarray, height: int, width: int, with_limb_maps: bool,
+            out: np.ndarray | None = None, mirror: bool = False) -> np.ndarray:
+    """The BGR uint8 skeleton (H, W, 3), or the whole uint8 pose map (H, W, 20) in the official
+    channel order when ``with_limb_maps`` (mirrored left-right after drawing with ``mirror``).
+
+    Follows the official renderer step by step, with shortcuts that give identical results (the
+    tests compare with a literal transcription): each limb's ellipse is rasterised only in a
+    rectangle around it (its polygon moved by whole pixels, so the same pixels are filled; the
+    rectangle reaches the image edge wherever the polygon does, so OpenCV clips it the same way);
+    the 0.4/0.6 blend of the canvas with its painted copy is looked up, and only inside the ellipse
+    (elsewhere the copy equals the canvas and the blend is the identity); distances are computed in
+    the rectangle and extended (``_limb_distance_map``); a limb without any pixel in the image gets
+    the constant 255 (its distance transform is FLT_MAX everywhere, clipped to 255). (The official
+    code also blends each limb mask with itself: a 0/255 mask stays unchanged.)
     """
+    kp = kp.tolist()
     canvas = np.zeros((height, width, 3), np.uint8)
     for joint, (x, y) in enumerate(kp):
         if x == MISSING or y == MISSING:
             continue
         cv2.circle(canvas, (int(x), int(y)), JOINT_RADIUS, COLORS_BGR[joint], thickness=-1)
-    limb_maps = []
+    if with_limb_maps:
+        # Channel-major while drawing (each map one contiguous row); transposed once at the end.
+        planes, dist = _scratch(height, width)
     for limb in range(NUM_LIMBS):
         polygon = _limb_polygon(kp, limb)
         drawn = False
         if polygon is not None:
-            # The same rasterisation as filling the polygon on the colour canvas.
-            mask = np.zeros((height, width), np.uint8)
-            cv2.fillConvexPoly(mask, polygon, 255)
             # A box around the polygon's vertices, with a margin, holds every filled pixel.
             px, py, pw, ph = cv2.boundingRect(polygon)
             x0, y0 = max(px - 2, 0), max(py - 2, 0)
             x1, y1 = min(px + pw + 2, width), min(py + ph + 2, height)
-            if x0 < x1 and y0 < y1 and cv2.countNonZero(mask[y0:y1, x0:x1]) > 0:
-                drawn = True
-                old = canvas[y0:y1, x0:x1]
-                blended = cv2.LUT(old, _BLEND_LUTS[limb])
-                canvas[y0:y1, x0:x1] = cv2.copyTo(blended, mask[y0:y1, x0:x1], old.copy())
+            if x0 < x1 and y0 < y1:
+                mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+                cv2.fillConvexPoly(mask, polygon - np.array([x0, y0], np.int32), 255)
+                drawn = cv2.countNonZero(mask) > 0
+        if drawn:
+            old = canvas[y0:y1, x0:x1]
+            blended = cv2.LUT(old, _BLEND_LUTS[limb])
+            canvas[y0:y1, x0:x1] = cv2.copyTo(blended, mask, old.copy())
         if with_limb_maps:
-            # (The official code also blends the mask with itself: a 0/255 mask stays unchanged.)
+            limb_map = planes[3 + limb].reshape(height, width)
             if drawn:
-                limb_maps.append(_distance_uint8(mask))
+                _limb_distance_map(mask, (x0, y0, x1, y1), dist, limb_map)
             else:
-                limb_maps.append(np.full((height, width), 255, np.uint8))
-    return canvas, limb_maps
+                limb_map.fill(255)
+    if not with_limb_maps:
+        return canvas
+    for channel in range(3):  # BGR -> RGB
+        planes[channel] = canvas[..., 2 - channel].reshape(-1)
+    if mirror:  # every row of every channel reversed, in place
+        rows = planes.reshape(POSE_CHANNELS * height, width)
+        cv2.flip(rows, 1, dst=rows)
+    if out is None:
+        out = np.empty((height, width, POSE_CHANNELS), np.uint8)
+    cv2.transpose(planes, dst=out.reshape(height * width, POSE_CHANNELS))
+    return out
+
+
+def pose_map_uint8(keypoints, height: int, width: int, *, mirror: bool = False,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """The official 20-channel pose map as the uint8 values it is made of: (height, width, 20).
+
+    ``pose_map`` is this divided by 255 in float32; the input pipeline carries this form and the
+    model's step converts it (``pidm_jax.encoding.pose_to_float``). Arguments as ``pose_map``;
+    ``mirror`` returns the rendered map mirrored left-right (``[:, ::-1]``, as the official flip
+    augmentation does, but contiguous and cheaper); ``out``, a C-contiguous uint8 (height, width,
+    20) array, receives the map (and is returned) instead of a new array.
+    """
+    h, w = _check_size(height, width)
+    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != np.uint8
+                            or out.shape != (h, w, POSE_CHANNELS)
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"out: expected a C-contiguous uint8 array of shape {(h, w, POSE_CHANNELS)}"
+                         f", got {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
+    return _render(_as_keypoints(keypoints), h, w, with_limb_maps=True, out=out,
+                   mirror=bool(mirror))
 
 
 def pose_map(keypoints, height: int, width: int) -> np.ndarray:
@@ -194,12 +271,8 @@ def pose_map(keypoints, height: int, width: int) -> np.ndarray:
       divided by 3, truncated to uint8 and divided by 255; a limb with a missing end gives a map of
       1.0.
     """
-    h, w = _check_size(height, width)
-    canvas, limb_maps = _draw(_as_keypoints(keypoints), h, w, with_limb_maps=True)
-    blue, green, red = cv2.split(canvas)
-    channels = cv2.merge([red, green, blue] + limb_maps).reshape(h, w, POSE_CHANNELS)
     # float32 division, as the official uint8 -> float tensor conversion.
-    return np.divide(channels, 255, dtype=np.float32)
+    return encoding.pose_to_float(pose_map_uint8(keypoints, height, width))
 
 
 def null_pose_map(height: int, width: int) -> np.ndarray:
@@ -213,7 +286,7 @@ def null_pose_map(height: int, width: int) -> np.ndarray:
 def skeleton_image(keypoints, height: int, width: int) -> np.ndarray:
     """The RGB uint8 (height, width, 3) skeleton drawing: ``pose_map`` channels 0-2 times 255."""
     h, w = _check_size(height, width)
-    canvas, _ = _draw(_as_keypoints(keypoints), h, w, with_limb_maps=False)
+    canvas = _render(_as_keypoints(keypoints), h, w, with_limb_maps=False)
     return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
 
 

@@ -156,6 +156,97 @@ def test_pose_map_rejects_bad_size():
 
 
 # ---------------------------------------------------------------------------------------------
+# The official renderer, transcribed step by step from its description (no shortcuts), and the
+# fast renderer checked against it.
+
+
+def _official_pose_map(kp, height, width):
+    """The official 20-channel map for float64 keypoints, written the slow, literal way: full-size
+    canvas copies and blends, a full-size mask per limb, cv2.distanceTransform on the whole image."""
+    import math
+
+    import cv2
+    canvas = np.zeros((height, width, 3), np.uint8)
+    for i in range(18):
+        x, y = kp[i]
+        if x == -1 or y == -1:
+            continue
+        cv2.circle(canvas, (int(x), int(y)), 4, pose.COLORS_BGR[i], thickness=-1)
+    joints = []
+    for i, (a, b) in enumerate(pose.LIMBS):
+        cur_canvas = canvas.copy()
+        xs, ys = kp[[a, b], 0], kp[[a, b], 1]
+        if -1 in xs or -1 in ys:
+            joints.append(np.zeros((height, width), np.uint8))
+            continue
+        length = ((ys[0] - ys[1]) ** 2 + (xs[0] - xs[1]) ** 2) ** 0.5
+        angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
+        polygon = cv2.ellipse2Poly((int(np.mean(xs)), int(np.mean(ys))), (int(length / 2), 4),
+                                   int(angle), 0, 360, 1)
+        cv2.fillConvexPoly(cur_canvas, polygon, pose.COLORS_BGR[i])
+        canvas = cv2.addWeighted(canvas, 0.4, cur_canvas, 0.6, 0)
+        joint = np.zeros((height, width), np.uint8)
+        cv2.fillConvexPoly(joint, polygon, 255)
+        joints.append(cv2.addWeighted(joint, 0.4, joint, 0.6, 0))
+    rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+    channels = [rgb[..., c] for c in range(3)]
+    for joint in joints:
+        dist = cv2.distanceTransform(255 - joint, cv2.DIST_L1, 3)
+        channels.append(np.clip(dist / 3, 0, 255).astype(np.uint8))
+    return np.stack(channels, axis=-1).astype(np.float32) / np.float32(255)
+
+
+def _random_skeleton(rng, height, width):
+    """Non-integer joints, some off the image (limbs cut by its edges), some missing, some
+    limbs degenerate (both ends on one pixel) or longer than the image."""
+    kp = np.stack([rng.uniform(-0.3 * width, 1.3 * width, 18),
+                   rng.uniform(-0.3 * height, 1.3 * height, 18)], axis=1)
+    kind = rng.integers(0, 8)
+    if kind == 0:    # a compact, fully visible figure
+        kp = np.stack([rng.uniform(0, width - 1, 18), rng.uniform(0, height - 1, 18)], axis=1)
+    elif kind == 1:  # integer coordinates, two joints on the same spot
+        kp = np.round(kp)
+        kp[2] = kp[1]
+    elif kind == 2:  # far away: limbs that cross the image from outside
+        kp *= rng.uniform(2, 4)
+    kp[rng.random(18) < 0.15] = MISSING
+    return kp
+
+
+@pytest.mark.parametrize("height,width", [(64, 48), (256, 256), (256, 176), (128, 64), (37, 23),
+                                          (5, 300)])
+def test_fast_renderer_matches_the_literal_transcription(height, width):
+    rng = np.random.default_rng(height * 1000 + width)
+    for _ in range(60 if height * width <= 64 * 64 else 25):
+        kp = _random_skeleton(rng, height, width)
+        expected = _official_pose_map(kp, height, width)
+        np.testing.assert_array_equal(pose.pose_map(kp, height, width), expected, err_msg=str(kp))
+
+
+def test_uint8_map_mirror_and_out():
+    u8 = pose.pose_map_uint8(SKELETON, 64, 48)
+    assert u8.dtype == np.uint8 and u8.shape == (64, 48, 20) and u8.flags.c_contiguous
+    np.testing.assert_array_equal(u8 / np.float32(255), pose.pose_map(SKELETON, 64, 48))
+    mirrored = pose.pose_map_uint8(SKELETON, 64, 48, mirror=True)
+    assert mirrored.flags.c_contiguous
+    np.testing.assert_array_equal(mirrored, u8[:, ::-1])
+    out = np.zeros((64, 48, 20), np.uint8)
+    assert pose.pose_map_uint8(SKELETON, 64, 48, out=out) is out
+    np.testing.assert_array_equal(out, u8)
+    # A map of another size in the same thread (its work arrays change size), then this one again.
+    np.testing.assert_array_equal(pose.pose_map(SKELETON, 80, 56),
+                                  _official_pose_map(SKELETON, 80, 56))
+    np.testing.assert_array_equal(pose.pose_map_uint8(SKELETON, 64, 48), u8)
+    with pytest.raises(ValueError, match="out: expected a C-contiguous uint8"):
+        pose.pose_map_uint8(SKELETON, 64, 48, out=np.zeros((64, 48, 20), np.float32))
+
+
+def test_literal_transcription_matches_the_official_digest():
+    digest = hashlib.sha256(_official_pose_map(SKELETON, 64, 48).tobytes()).hexdigest()
+    assert digest == "8bdaac9c2de4fc243dbfd83e7e3f44cc1f562f6ed9263d8dfb7c3c4331c8e90a"
+
+
+# ---------------------------------------------------------------------------------------------
 # Transforms
 
 
