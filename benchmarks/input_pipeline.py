@@ -5,8 +5,9 @@
 Builds ``synthetic_people/res256`` into a temporary dir (or reuses ``--data_dir``), then:
 
 1. measures the CPU time (``time.thread_time``, so unaffected by other load) of each stage of the
-   per-pair work in one thread: record read + PNG decode, scale-and-crop, pose maps, flip +
-   normalisation + copy into a batch row;
+   per-pair work in one thread, as ``PairTransform`` does it: record read + PNG decode,
+   scale-and-crop, pose maps (uint8, mirrored), image flip + copy into batch rows (images and pose
+   maps stay uint8 up to the device, which converts them to float32: ``pidm_jax.encoding``);
 2. runs the real training pipeline (``input_pipeline.pipeline.create_datasets``, NumPy batches:
    the host side of a training step without the device transfer) for ``--num_batches`` batches and
    reports samples/s of wall-clock time and samples per CPU-second. The CPU time counts every thread
@@ -75,12 +76,13 @@ def _children() -> list[int]:
 
 def _stages(source, image_size, pairs: int) -> dict[str, float]:
   """CPU milliseconds per pair of each stage, one thread, the official augmentation (flipped)."""
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  import cv2  # pylint: disable=g-import-not-at-top
+
   from pidm_jax import pose  # pylint: disable=g-import-not-at-top
 
   h, w = image_size
   rng = np.random.default_rng(0)
-  totals = dict.fromkeys(("read_decode", "scale_crop", "pose_maps", "flip_normalise_stack"), 0.0)
+  totals = dict.fromkeys(("read_decode", "scale_crop", "pose_maps", "flip_stack"), 0.0)
   n = len(source)
   for i in range(pairs):
     t0 = time.thread_time()
@@ -92,12 +94,13 @@ def _stages(source, image_size, pairs: int) -> dict[str, float]:
       parts[side] = pose.scale_crop(record[f"{side}_image"],
                                     record[f"{side}_keypoints"].astype(np.float64), scaled, offset)
     t2 = time.thread_time()
-    maps = {side: pose.pose_map(kp, h, w) for side, (_, kp) in parts.items()}
+    maps = {side: pose.pose_map_uint8(kp, h, w, mirror=True) for side, (_, kp) in parts.items()}
     t3 = time.thread_time()
-    for side, (image, _) in parts.items():  # flipped, normalised, stacked into a batch row
-      row = np.empty((h, w, 3 + pose.POSE_CHANNELS), np.float32)
-      row[..., :3] = pipeline.to_float_image(image[:, ::-1])
-      row[..., 3:] = maps[side][:, ::-1]
+    for side, (image, _) in parts.items():  # images flipped; both copied into new batch rows
+      image_row = np.empty((h, w, 3), np.uint8)
+      image_row[:] = cv2.flip(image, 1)
+      pose_row = np.empty((h, w, pose.POSE_CHANNELS), np.uint8)
+      pose_row[:] = maps[side]
     t4 = time.thread_time()
     for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
       totals[key] += dt

@@ -13,11 +13,16 @@ in both directions (source -> target and target -> source), so it trains on ``ba
 
 Batch dict (global shapes, B = pairs per global batch, (H, W) = ``config.data.image_size``):
 
-  source_image, target_image        float32 (B, H, W, 3) in [-1, 1]
-  source_pose, target_pose          float32 (B, H, W, 20) in [0, 1] (the official 20-channel map)
+  source_image, target_image        uint8 (B, H, W, 3): the RGB pixels
+  source_pose, target_pose          uint8 (B, H, W, 20): the official 20-channel map's uint8 values
   source_keypoints, target_keypoints float32 (B, 18, 2) (x, y) in the batch's pixel frame, -1 missing
   mask  (evaluation only)           bool (B,): True for real pairs, False for padding
   index (evaluation only)           int32 (B,): the pair's record index in the split, -1 for padding
+
+Images and pose maps stay uint8 up to the model (a quarter of float32's copying and host -> device
+transfer); ``pidm_jax.encoding.to_model_inputs`` turns them into the model's float32 inputs (images
+in [-1, 1], pose maps in [0, 1]) bit for bit as the official code does, on the device inside the
+jitted step.
 
 Evaluation (``eval_dataset``): no augmentation, the split in record order, padded with all-zero,
 ``mask = False`` pairs up to a whole number of global batches, so that every pair is seen exactly
@@ -47,11 +52,13 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping
 
+import cv2
 import grain
 import jax
 import numpy as np
 from absl import logging
 
+from pidm_jax import encoding
 from pidm_jax import pose
 
 NUM_KEYPOINTS = pose.NUM_KEYPOINTS
@@ -61,14 +68,8 @@ PAIR_KEYS = ("source_image", "target_image", "source_pose", "target_pose", "sour
 EVAL_KEYS = PAIR_KEYS + ("mask", "index")
 DEFAULT_READ_THREADS = 16
 
-# uint8 -> float32 the way the official code normalises: ToTensor (x / 255) then Normalize(0.5, 0.5)
-# ((t - 0.5) / 0.5), each step in float32; looked up per pixel.
-_TO_FLOAT = ((np.arange(256, dtype=np.float32) / np.float32(255)) - np.float32(0.5)) / np.float32(0.5)
-
-
-def to_float_image(image: np.ndarray) -> np.ndarray:
-  """uint8 (H, W, 3) -> float32 in [-1, 1], bit-identical to the official ToTensor + Normalize."""
-  return np.take(_TO_FLOAT, image)
+# uint8 pixels -> float32 in [-1, 1], bit-identical to the official ToTensor + Normalize.
+to_float_image = encoding.image_to_float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +78,8 @@ class PairTransform:
 
   Called as ``transform(record, rng)`` for training (augmented; ``rng`` a ``np.random.Generator``)
   or ``transform(record)`` for evaluation (no augmentation). Stored images of another size than
-  ``image_size`` are first stretched to it (PIL bicubic) with their keypoints.
+  ``image_size`` are first stretched to it (PIL bicubic) with their keypoints. Images and pose maps
+  come out uint8 (see the module docstring), keypoints float32.
   """
 
   image_size: tuple[int, int]
@@ -114,16 +116,17 @@ class PairTransform:
     out = {}
     for side in ("source", "target"):
       image, kp = images[side], keypoints[side]
+      if flip:
+        image = cv2.flip(image, 1)  # = image[:, ::-1], contiguous (a fast copy for batching)
       if flip and self.swap_left_right:
-        image, kp = pose.hflip(image, kp, swap_left_right=True)
-        pose_map = pose.pose_map(kp, h, w)
-      else:
-        pose_map = pose.pose_map(kp, h, w)
-        if flip:  # The official code mirrors the rendered map.
-          image, pose_map = image[:, ::-1], pose_map[:, ::-1]
+        kp = pose.flip_keypoints(kp, w, swap_left_right=True)
+        pose_map = pose.pose_map_uint8(kp, h, w)
+      else:  # The official code mirrors the rendered map.
+        pose_map = pose.pose_map_uint8(kp, h, w, mirror=flip)
+        if flip:
           kp = pose.flip_keypoints(kp, w)
-      out[f"{side}_image"] = to_float_image(image)
-      out[f"{side}_pose"] = pose_map  # a mirrored view when flipped: batching copies it once
+      out[f"{side}_image"] = image
+      out[f"{side}_pose"] = pose_map
       out[f"{side}_keypoints"] = kp.astype(np.float32)
     return out
 
@@ -139,8 +142,8 @@ class _EvalElement:
     index = int(index)
     if index < 0:
       h, w = self.transform.image_size
-      out = {f"{s}_image": np.zeros((h, w, 3), np.float32) for s in ("source", "target")}
-      out.update({f"{s}_pose": np.zeros((h, w, POSE_CHANNELS), np.float32)
+      out = {f"{s}_image": np.zeros((h, w, 3), np.uint8) for s in ("source", "target")}
+      out.update({f"{s}_pose": np.zeros((h, w, POSE_CHANNELS), np.uint8)
                   for s in ("source", "target")})
       out.update({f"{s}_keypoints": np.full((NUM_KEYPOINTS, 2), -1, np.float32)
                   for s in ("source", "target")})

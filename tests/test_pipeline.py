@@ -12,6 +12,7 @@ from PIL import Image
 from configs import default
 from input_pipeline import build
 from input_pipeline import pipeline
+from pidm_jax import encoding
 from pidm_jax import pose
 
 SIZE = 32
@@ -52,8 +53,7 @@ class FakeSource:
 
 def _identity(batch):
   """Record index of each row of a batch, read back from the constant source image."""
-  image = np.asarray(batch["source_image"])[:, 0, 0, 0]
-  return np.rint((image + 1) * 127.5).astype(int)
+  return np.asarray(batch["source_image"])[:, 0, 0, 0].astype(int)
 
 
 def _config(batch_size=16, scale_aug=0.05, flip_prob=0.5):
@@ -101,6 +101,15 @@ def test_to_float_image_matches_the_official_normalisation():
   assert out.dtype == np.float32
   np.testing.assert_array_equal(out, expected)
   assert out.min() == -1.0 and out.max() == 1.0
+  # The model-side conversion of a batch gives the same values (and the pose maps' float form).
+  record = _record(3)
+  kp = record["source_keypoints"]
+  u8 = pipeline.PairTransform((SIZE, SIZE))(record)
+  converted = encoding.to_model_inputs(u8)
+  np.testing.assert_array_equal(converted["source_image"],
+                                pipeline.to_float_image(record["source_image"]))
+  np.testing.assert_array_equal(converted["source_pose"], pose.pose_map(kp, SIZE, SIZE))
+  np.testing.assert_array_equal(converted["source_keypoints"], u8["source_keypoints"])
 
 
 def test_transform_without_augmentation():
@@ -108,23 +117,23 @@ def test_transform_without_augmentation():
   out = pipeline.PairTransform((SIZE, SIZE))(record)
   assert set(out) == set(pipeline.PAIR_KEYS)
   for side in ("source", "target"):
-    np.testing.assert_array_equal(out[f"{side}_image"],
-                                  pipeline.to_float_image(record[f"{side}_image"]))
+    np.testing.assert_array_equal(out[f"{side}_image"], record[f"{side}_image"])
     np.testing.assert_array_equal(out[f"{side}_pose"],
-                                  pose.pose_map(record[f"{side}_keypoints"], SIZE, SIZE))
+                                  pose.pose_map_uint8(record[f"{side}_keypoints"], SIZE, SIZE))
     np.testing.assert_array_equal(out[f"{side}_keypoints"], record[f"{side}_keypoints"])
-    assert out[f"{side}_pose"].shape == (SIZE, SIZE, 20) and out[f"{side}_pose"].dtype == np.float32
+    assert out[f"{side}_image"].dtype == np.uint8
+    assert out[f"{side}_pose"].shape == (SIZE, SIZE, 20) and out[f"{side}_pose"].dtype == np.uint8
+    assert out[f"{side}_keypoints"].dtype == np.float32
 
 
 def test_transform_flip_mirrors_images_and_rendered_maps_as_the_official_code():
   record = _record(2)
   record["source_image"] = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), np.uint8)
   out = pipeline.PairTransform((SIZE, SIZE), flip_prob=1.0)(record, np.random.default_rng(0))
-  np.testing.assert_array_equal(out["source_image"],
-                                pipeline.to_float_image(record["source_image"][:, ::-1]))
+  np.testing.assert_array_equal(out["source_image"], record["source_image"][:, ::-1])
   for side in ("source", "target"):
     kp = record[f"{side}_keypoints"]
-    np.testing.assert_array_equal(out[f"{side}_pose"], pose.pose_map(kp, SIZE, SIZE)[:, ::-1])
+    np.testing.assert_array_equal(out[f"{side}_pose"], pose.pose_map_uint8(kp, SIZE, SIZE)[:, ::-1])
     np.testing.assert_array_equal(out[f"{side}_keypoints"], pose.flip_keypoints(kp, SIZE))
 
 
@@ -134,8 +143,9 @@ def test_transform_flip_with_left_right_swap_draws_the_swapped_skeleton():
   out = transform(record, np.random.default_rng(0))
   for side in ("source", "target"):
     flipped = pose.flip_keypoints(record[f"{side}_keypoints"], SIZE, swap_left_right=True)
-    np.testing.assert_array_equal(out[f"{side}_pose"], pose.pose_map(flipped, SIZE, SIZE))
+    np.testing.assert_array_equal(out[f"{side}_pose"], pose.pose_map_uint8(flipped, SIZE, SIZE))
     np.testing.assert_allclose(out[f"{side}_keypoints"], flipped)
+    np.testing.assert_array_equal(out[f"{side}_image"], record[f"{side}_image"][:, ::-1])
 
 
 def test_transform_scale_crop_is_independent_per_image_and_poses_follow_keypoints():
@@ -150,9 +160,9 @@ def test_transform_scale_crop_is_independent_per_image_and_poses_follow_keypoint
     scaled, offset = pose.random_scale_crop_params(SIZE, SIZE, rng, 0.5)
     image, kp = pose.scale_crop(record[f"{side}_image"], record[f"{side}_keypoints"], scaled,
                                 offset)
-    np.testing.assert_array_equal(out[f"{side}_image"], pipeline.to_float_image(image))
+    np.testing.assert_array_equal(out[f"{side}_image"], image)
     np.testing.assert_allclose(out[f"{side}_keypoints"], kp, rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(out[f"{side}_pose"], pose.pose_map(kp, SIZE, SIZE))
+    np.testing.assert_array_equal(out[f"{side}_pose"], pose.pose_map_uint8(kp, SIZE, SIZE))
   assert not np.allclose(out["source_keypoints"], record["source_keypoints"])
 
 
@@ -161,7 +171,7 @@ def test_transform_stretches_another_stored_size():
   out = pipeline.PairTransform((SIZE, SIZE))(record)
   kp = pose.scale_keypoints(record["source_keypoints"], (16, 16), (SIZE, SIZE))
   np.testing.assert_allclose(out["source_keypoints"], kp)
-  np.testing.assert_array_equal(out["source_pose"], pose.pose_map(kp, SIZE, SIZE))
+  np.testing.assert_array_equal(out["source_pose"], pose.pose_map_uint8(kp, SIZE, SIZE))
   assert out["source_image"].shape == (SIZE, SIZE, 3)
 
 
@@ -176,19 +186,28 @@ def test_train_batches_are_global_and_sharded(sharding):
             "source_pose": (8, SIZE, SIZE, 20), "target_pose": (8, SIZE, SIZE, 20),
             "source_keypoints": (8, 18, 2), "target_keypoints": (8, 18, 2)}
   assert {k: v.shape for k, v in batch.items()} == shapes
+  dtypes = {"source_image": np.uint8, "target_image": np.uint8, "source_pose": np.uint8,
+            "target_pose": np.uint8, "source_keypoints": np.float32,
+            "target_keypoints": np.float32}
   for k, v in batch.items():
-    assert isinstance(v, jax.Array) and v.dtype == np.float32, k
+    assert isinstance(v, jax.Array) and v.dtype == dtypes[k], k
     assert v.sharding == sharding, k
     assert len(v.addressable_shards) == 8
     assert all(s.data.shape == (1,) + shapes[k][1:] for s in v.addressable_shards), k
   host = _host(batch)
-  assert host["source_image"].min() >= -1 and host["source_image"].max() <= 1
-  assert host["source_pose"].min() >= 0 and host["source_pose"].max() <= 1
   # Rows are distinct records (a shuffled epoch), each a consistent pair.
   ids = _identity(host)
   assert len(set(ids)) == 8 and set(ids) <= set(range(NUM_PAIRS))
-  np.testing.assert_allclose(host["target_image"][:, 0, 0, 0],
-                             pipeline.to_float_image(np.uint8(100 + ids)), atol=1e-6)
+  np.testing.assert_array_equal(host["target_image"][:, 0, 0, 0], 100 + ids)
+  # The model's inputs, converted on the devices where the batch lives, keep its sharding.
+  model_inputs = jax.jit(encoding.to_model_inputs)(batch)
+  for k in ("source_image", "target_image", "source_pose", "target_pose"):
+    assert model_inputs[k].dtype == np.float32 and model_inputs[k].sharding == sharding, k
+  images = np.asarray(model_inputs["source_image"])
+  assert images.min() >= -1 and images.max() <= 1
+  np.testing.assert_array_equal(images, pipeline.to_float_image(host["source_image"]))
+  np.testing.assert_array_equal(np.asarray(model_inputs["target_pose"]),
+                                host["target_pose"] / np.float32(255))
 
 
 def test_train_batches_on_the_data_fsdp_mesh():
@@ -287,7 +306,7 @@ def test_eval_covers_every_pair_exactly_once_in_order(sharding):
     for i in np.flatnonzero(real):
       record = _record(int(host["index"][i]))
       np.testing.assert_array_equal(host["target_pose"][i],
-                                    pose.pose_map(record["target_keypoints"], SIZE, SIZE))
+                                    pose.pose_map_uint8(record["target_keypoints"], SIZE, SIZE))
     assert not host["source_image"][~real].any() and not host["source_pose"][~real].any()
     indices.append(host["index"])
     masks.append(real)
