@@ -5,8 +5,9 @@ shuffles it with a seed (a new order each epoch), repeats it forever and turns e
 *pair* element with the reference augmentation (``PairTransform``): independently for the source and
 the target image a random scale s ~ U[0, scale_aug) and a random crop back to size, then one
 horizontal flip with probability ``flip_prob`` of both images and both poses. Pose maps are rendered
-with ``pidm_jax.pose.pose_map`` from the transformed keypoints (and, like the official code, mirrored
-as maps when flipped; with ``swap_left_right`` the flipped, swapped keypoints are drawn instead).
+with ``pidm_jax.pose.pose_map_uint8`` from the transformed keypoints (and, like the official code,
+mirrored as maps when flipped; with ``swap_left_right`` the flipped, swapped keypoints are drawn
+instead).
 
 A global training batch holds ``config.train.batch_size // 2`` pairs: the train step uses every pair
 in both directions (source -> target and target -> source), so it trains on ``batch_size`` samples.
