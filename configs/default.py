@@ -42,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.beta_schedule = "linear"
   diffusion.beta_start = 1e-4
   diffusion.beta_end = 2e-2
+  # Weighting of the eps MSE over timesteps: "uniform" (official) or "x0_truncated":
+  # min(max(1, 1 / SNR_t), mse_weight_cap), i.e. the x_0 error where noise dominates.
+  diffusion.mse_weighting = "uniform"
+  diffusion.mse_weight_cap = 1.0
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "deep_fashion"
@@ -61,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.learning_rate = 2e-5
   train.warmup_steps = 5000
   train.warmup_init_lr = 8e-7
+  train.lr_decay = "constant"  # after the warm-up: "constant" (official) or "cosine" (to 0 at the end)
   train.adam_b1 = 0.9
   train.adam_b2 = 0.999
   train.adam_eps = 1e-8

@@ -46,14 +46,27 @@ class TrainState:
   rng: jax.Array  # raw uint32 key data (checkpointable)
 
 
+LR_DECAYS = ("constant", "cosine")
+
+
 def learning_rate_schedule(train_cfg) -> optax.Schedule:
-  """Linear warm-up from ``warmup_init_lr`` to ``learning_rate`` over ``warmup_steps``, then flat."""
+  """Linear warm-up from ``warmup_init_lr`` to ``learning_rate`` over ``warmup_steps``, then flat
+  (``lr_decay = "constant"``, the official recipe) or a cosine decay to 0 at ``num_train_steps``
+  (``"cosine"``, for short runs such as the CPU demo)."""
+  decay = train_cfg.get("lr_decay", "constant")
+  if decay not in LR_DECAYS:
+    raise ValueError(f"unknown train.lr_decay {decay!r}; expected one of {LR_DECAYS}")
+  if decay == "constant":
+    after = optax.constant_schedule(train_cfg.learning_rate)
+  else:
+    after = optax.cosine_decay_schedule(
+        train_cfg.learning_rate, max(train_cfg.num_train_steps - max(train_cfg.warmup_steps, 0), 1))
   if train_cfg.warmup_steps <= 0:
-    return optax.constant_schedule(train_cfg.learning_rate)
+    return after
   return optax.join_schedules([
       optax.linear_schedule(train_cfg.warmup_init_lr, train_cfg.learning_rate,
                             train_cfg.warmup_steps),
-      optax.constant_schedule(train_cfg.learning_rate),
+      after,
   ], [train_cfg.warmup_steps])
 
 

@@ -77,6 +77,15 @@ def test_learning_rate_and_ema_rule():
   assert float(cfg(0)) == pytest.approx(8e-7, rel=1e-5)
   assert float(cfg(2500)) == pytest.approx(8e-7 + 0.5 * (2e-5 - 8e-7), rel=1e-5)
   assert float(cfg(5000)) == pytest.approx(2e-5) and float(cfg(10**6)) == pytest.approx(2e-5)
+  cosine = train.learning_rate_schedule(_config(
+      warmup_steps=100, warmup_init_lr=0.0, learning_rate=1e-3, lr_decay="cosine",
+      num_train_steps=1100).train)
+  assert float(cosine(50)) == pytest.approx(5e-4, rel=1e-5)
+  assert float(cosine(100)) == pytest.approx(1e-3, rel=1e-5)
+  assert float(cosine(600)) == pytest.approx(5e-4, rel=1e-4)  # half way down the cosine
+  assert float(cosine(1100)) == pytest.approx(0.0, abs=1e-9)
+  with pytest.raises(ValueError, match="unknown train.lr_decay 'step'"):
+    train.learning_rate_schedule(_config(lr_decay="step").train)
   tcfg = _config(warmup_steps=5000, ema_decay=0.9999).train
   assert float(train.ema_decay(jnp.array(4999), tcfg)) == 0.0
   assert float(train.ema_decay(jnp.array(5000), tcfg)) == pytest.approx(0.9999)
