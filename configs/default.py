@@ -84,6 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   sample.steps = 50
   sample.guidance_scale = 2.0
   sample.eta = 0.0
+  sample.clip_denoised = config_dict.placeholder(bool)  # clip x0 to [-1, 1]; None = official (DDPM yes, DDIM no)
   sample.spacing = "official"  # or "trailing" (starts at T - 1)
   sample.guidance = "style"  # or "disentangled" (needs a model trained with pose dropout)
   sample.pose_scale = 2.0  # w_p of the disentangled guidance

@@ -287,13 +287,12 @@ def _fixed_eval_batch(eval_data, num_pairs: int) -> dict:
 def sample_pairs(trainer: Trainer, params, pairs: dict, seed: int) -> np.ndarray:
   """Samples the targets of ``pairs`` from their sources with ``params`` (the config's sampler)."""
   from pidm_jax import sampling  # pylint: disable=g-import-not-at-top
-  s = trainer.config.sample
+  options = sampling.SamplerOptions.from_config(trainer.config.sample)
   model = trainer.model_from_params(params, train=False)
-  images = sampling.sample(model, jnp.asarray(pairs["source_image"]),
-                           jnp.asarray(pairs["target_pose"]), algorithm=s.algorithm,
-                           steps=s.steps, guidance_scale=s.guidance_scale, eta=s.eta,
-                           rng=jax.random.key(seed), diffusion=trainer.diffusion)
-  return np.asarray(jax.device_get(images))
+  sampler = sampling.get_sampler(trainer.diffusion, options)
+  images = sampler(model, {"source": jnp.asarray(pairs["source_image"]),
+                           "pose": jnp.asarray(pairs["target_pose"])}, jax.random.key(seed))
+  return np.clip(np.asarray(jax.device_get(images)), -1.0, 1.0)
 
 
 def image_grid(pairs: dict, samples: np.ndarray) -> np.ndarray:
