@@ -42,10 +42,6 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.beta_schedule = "linear"
   diffusion.beta_start = 1e-4
   diffusion.beta_end = 2e-2
-  # Weighting of the eps MSE over timesteps: "uniform" (official) or "x0_truncated":
-  # min(max(1, 1 / SNR_t), mse_weight_cap), i.e. the x_0 error where noise dominates.
-  diffusion.mse_weighting = "uniform"
-  diffusion.mse_weight_cap = 1.0
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "deep_fashion"

@@ -5,9 +5,7 @@
 * the learned-range variance: log sigma^2 = frac * log beta_t + (1 - frac) * log beta~_t with
   frac = (v + 1) / 2 from the network's channels 3..5;
 * the hybrid training loss: MSE on eps plus the variational bound in bits per dimension computed
-  with eps stop-gradiented (so only the variance head learns from it), the decoder NLL at t = 0;
-  optionally (not official) the MSE weighted per timestep by max(1, 1 / SNR_t), capped: the eps MSE
-  turned into the x_0 MSE where the noise dominates (``mse_weighting="x0_truncated"``).
+  with eps stop-gradiented (so only the variance head learns from it), the decoder NLL at t = 0.
 
 All per-timestep tables are float64 NumPy arrays; they enter JAX computations as float32 via
 ``extract``.
@@ -25,7 +23,6 @@ import numpy as np
 Array = jax.Array
 
 SCHEDULES = ("linear", "cosine", "quad")
-MSE_WEIGHTINGS = ("uniform", "x0_truncated")
 
 
 def beta_schedule(name: str, num_timesteps: int, beta_start: float = 1e-4,
@@ -93,20 +90,11 @@ class GaussianDiffusion:
   """Per-timestep tables of a discrete Gaussian diffusion (float64 NumPy) and its maths."""
 
   betas: np.ndarray
-  # How the eps MSE is weighted over timesteps: "uniform" (official) or "x0_truncated", where
-  # w_t = min(max(1, 1 / SNR_t), mse_weight_cap) with SNR_t = alpha_bar_t / (1 - alpha_bar_t).
-  mse_weighting: str = "uniform"
-  mse_weight_cap: float = 1.0
 
   def __post_init__(self):
     betas = np.asarray(self.betas, np.float64)
     if betas.ndim != 1 or not np.all((betas > 0) & (betas <= 1)):
       raise ValueError("betas must be a 1-D array with values in (0, 1]")
-    if self.mse_weighting not in MSE_WEIGHTINGS:
-      raise ValueError(f"unknown mse_weighting {self.mse_weighting!r}; expected one of "
-                       f"{MSE_WEIGHTINGS}")
-    if not self.mse_weight_cap >= 1.0:
-      raise ValueError(f"mse_weight_cap must be >= 1, got {self.mse_weight_cap}")
     object.__setattr__(self, "betas", betas)
     alphas = 1.0 - betas
     ac = np.cumprod(alphas)
@@ -129,20 +117,14 @@ class GaussianDiffusion:
         posterior_mean_coef2=(1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
         log_betas=np.log(betas),
     )
-    inverse_snr = (1.0 - ac) / ac
-    tables["mse_weights"] = (np.ones_like(betas) if self.mse_weighting == "uniform" else
-                             np.clip(inverse_snr, 1.0, self.mse_weight_cap))
     for name, value in tables.items():
       object.__setattr__(self, name, value)
 
   @classmethod
   def from_config(cls, cfg) -> "GaussianDiffusion":
-    """Builds from ``config.diffusion`` (num_timesteps, beta_schedule, beta_start, beta_end,
-    optional mse_weighting and mse_weight_cap)."""
+    """Builds from ``config.diffusion`` (num_timesteps, beta_schedule, beta_start, beta_end)."""
     return cls(beta_schedule(cfg.beta_schedule, cfg.num_timesteps, cfg.get("beta_start", 1e-4),
-                             cfg.get("beta_end", 2e-2)),
-               mse_weighting=cfg.get("mse_weighting", "uniform"),
-               mse_weight_cap=float(cfg.get("mse_weight_cap", 1.0)))
+                             cfg.get("beta_end", 2e-2)))
 
   @property
   def num_timesteps(self) -> int:
@@ -198,8 +180,7 @@ class GaussianDiffusion:
 
     Returns a dict of (B,) float32 arrays: ``mse`` = mean (eps - eps_hat)^2; ``vb`` = the VLB term
     in bits/dim with eps_hat stop-gradiented (KL of the posteriors for t > 0, the discretised
-    decoder NLL for t = 0); ``loss`` = w_t mse + vb, with w_t = 1 unless ``mse_weighting`` says
-    otherwise.
+    decoder NLL for t = 0); ``loss`` = mse + vb.
     """
     model_output = model_output.astype(jnp.float32)
     channels = x_start.shape[-1]
@@ -217,6 +198,4 @@ class GaussianDiffusion:
     nll = -discretized_gaussian_log_likelihood(x_start, out["mean"], 0.5 * out["log_variance"])
     nll = _mean_flat(nll) / math.log(2.0)
     vb = jnp.where(jnp.asarray(t) == 0, nll, kl)
-    if self.mse_weighting == "uniform":
-      return dict(mse=mse, vb=vb, loss=mse + vb)
-    return dict(mse=mse, vb=vb, loss=extract(self.mse_weights, t, 1) * mse + vb)
+    return dict(mse=mse, vb=vb, loss=mse + vb)
