@@ -68,6 +68,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("sample_steps", 50, "DDIM steps")
   flags.DEFINE_float("guidance_scale", 2.0, "classifier-free guidance scale")
   flags.DEFINE_integer("sample_repeats", 3, "timed sampling calls after the first (median)")
+  flags.DEFINE_float("time_budget_s", 60.0,
+                     "stop timed train steps / sampling calls once they have taken this long "
+                     "(at least one runs; the record lists every time)")
   flags.DEFINE_string("pipeline_args", "--num_batches=4",
                       "extra arguments for benchmarks/input_pipeline.py (space separated)")
   flags.DEFINE_string("pipeline_reported", None,
@@ -81,13 +84,19 @@ def define_flags() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def median_seconds(fn, repeats: int) -> tuple[float, list[float]]:
-  """Runs ``fn`` (which must block until done) ``repeats`` times; (median, all times) in s."""
+def median_seconds(fn, repeats: int, budget_s: float | None = None) -> tuple[float, list[float]]:
+  """Runs ``fn`` (which must block until done) up to ``repeats`` times; (median, all times) in s.
+
+  With ``budget_s``, no further run starts once the runs so far have taken that long (at least one
+  always runs), so slow devices (a CPU) finish in bounded time with fewer repeats.
+  """
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t)
+    if budget_s is not None and sum(times) >= budget_s:
+      break
   return statistics.median(times), times
 
 
@@ -236,7 +245,8 @@ def synthetic_batch(batch_size: int, image_size, pose_channels: int, seed: int):
   }
 
 
-def bench_train(config, peak: float | None, warmup: int, timed: int, seed: int) -> dict:
+def bench_train(config, peak: float | None, warmup: int, timed: int, seed: int,
+                budget_s: float | None = None) -> dict:
   """Compile time, step time, throughput, FLOPs and memory of the train step."""
   import jax  # pylint: disable=g-import-not-at-top
   from pidm_jax import sharding, train  # pylint: disable=g-import-not-at-top
@@ -268,7 +278,7 @@ def bench_train(config, peak: float | None, warmup: int, timed: int, seed: int) 
 
   for _ in range(warmup):
     step()
-  step_s, times = median_seconds(step, timed)
+  step_s, times = median_seconds(step, timed, budget_s)
 
   devices = mesh.devices.flatten().tolist()
   model_flops = None
@@ -290,7 +300,7 @@ def bench_train(config, peak: float | None, warmup: int, timed: int, seed: int) 
 
 
 def bench_sample(config, batches: Mapping[str, int], steps: int, guidance_scale: float,
-                 repeats: int, seed: int) -> dict:
+                 repeats: int, seed: int, budget_s: float | None = None) -> dict:
   """Images/s and latency of guided DDIM sampling with a random model in eval mode."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -322,7 +332,7 @@ def bench_sample(config, batches: Mapping[str, int], steps: int, guidance_scale:
       jax.block_until_ready(images)
 
     first_s, _ = median_seconds(call, 1)
-    median_s, times = median_seconds(call, repeats)
+    median_s, times = median_seconds(call, repeats, budget_s)
     entry = {"batch": b, "devices": len(use_mesh.devices.flat) if use_mesh else 1,
              "first_call_s": first_s, "median_s": median_s, "times_s": times,
              "compile_s_estimate": first_s - median_s,
@@ -390,13 +400,14 @@ def main(argv):
         f"{_fmt(env['peak_tflops_per_device'])} TFLOP/s per device", flush=True)
   if "train" not in FLAGS.skip:
     record["train"] = bench_train(config, env["peak_tflops_per_device"], FLAGS.warmup_steps,
-                                  FLAGS.timed_steps, FLAGS.seed)
+                                  FLAGS.timed_steps, FLAGS.seed, FLAGS.time_budget_s)
     print("train:", json.dumps({k: v for k, v in record["train"].items()
                                 if k != "step_times_s"}, default=str), flush=True)
   if "sample" not in FLAGS.skip:
     record["sample"] = bench_sample(
         config, {"throughput": FLAGS.sample_batch, "latency": FLAGS.latency_batch},
-        FLAGS.sample_steps, FLAGS.guidance_scale, FLAGS.sample_repeats, FLAGS.seed)
+        FLAGS.sample_steps, FLAGS.guidance_scale, FLAGS.sample_repeats, FLAGS.seed,
+        FLAGS.time_budget_s)
     print("sample:", json.dumps(record["sample"], default=str), flush=True)
   if "pipeline" not in FLAGS.skip:
     record["pipeline"] = bench_pipeline(FLAGS.pipeline_args)

@@ -97,3 +97,24 @@ def test_training_figures_and_results_row(tmp_path):
   lines = path.read_text().splitlines()
   assert lines.count(run.RESULTS_HEADER) == 1
   assert lines[-2:] == [row, row]
+
+
+def test_median_seconds_stops_at_the_time_budget(monkeypatch):
+  clock = {"now": 0.0}
+  monkeypatch.setattr(run.time, "perf_counter", lambda: clock["now"])
+  calls = []
+
+  def call(duration):
+    def fn():
+      calls.append(duration)
+      clock["now"] += duration
+    return fn
+
+  median, times = run.median_seconds(call(2.0), repeats=10)  # no budget: every repeat
+  assert times == [2.0] * 10 and median == 2.0
+  calls.clear()
+  median, times = run.median_seconds(call(25.0), repeats=3, budget_s=60.0)
+  assert times == [25.0, 25.0, 25.0]  # 50 s < 60 s after two runs, so the third runs
+  calls.clear()
+  median, times = run.median_seconds(call(70.0), repeats=3, budget_s=60.0)
+  assert times == [70.0] and len(calls) == 1  # one run always happens, then the budget stops it
