@@ -321,11 +321,11 @@ def bench_sample(config, batches: Mapping[str, int], steps: int, guidance_scale:
     if b <= 0:
       continue
     use_mesh = mesh if (shards > 1 and b % shards == 0) else None
-    data = encoding.to_model_inputs(
-        synthetic_batch(2 * b, image_size, config.model.pose_channels, seed))
+    data = synthetic_batch(2 * b, image_size, config.model.pose_channels, seed)
     key = jax.random.key(seed)
     sampler = sampling.get_sampler(diffusion, options, use_mesh)
-    inputs = {"source": jnp.asarray(data["source_image"]), "pose": jnp.asarray(data["target_pose"])}
+    inputs = {"source": jnp.asarray(encoding.image_to_float(data["source_image"])),
+              "pose": jnp.asarray(encoding.pose_to_float(data["target_pose"]))}
     t = time.perf_counter()
     run = sampler.compile(model, inputs, key)  # ahead of time: compilation timed apart
     compile_s = time.perf_counter() - t
@@ -354,8 +354,10 @@ def bench_pipeline(extra_args: str) -> dict:
   text = proc.stdout
   result, _ = json.JSONDecoder().raw_decode(text[text.index("{"):])
   figures = result["pipeline"]
+  script = os.path.relpath(cmd[1], os.path.dirname(_HERE))
   figures.update(dataset=result["dataset"], image_size=result["image_size"],
-                 stages_ms_per_pair=result["stages_ms_per_pair"], command=" ".join([os.path.relpath(cmd[1], os.path.dirname(_HERE))] + cmd[2:]))
+                 stages_ms_per_pair=result["stages_ms_per_pair"],
+                 command=" ".join([script] + cmd[2:]))
   return figures
 
 

@@ -59,7 +59,6 @@ import jax
 import numpy as np
 from absl import logging
 
-from pidm_jax import encoding
 from pidm_jax import pose
 
 NUM_KEYPOINTS = pose.NUM_KEYPOINTS
@@ -68,9 +67,6 @@ PAIR_KEYS = ("source_image", "target_image", "source_pose", "target_pose", "sour
              "target_keypoints")
 EVAL_KEYS = PAIR_KEYS + ("mask", "index")
 DEFAULT_READ_THREADS = 16
-
-# uint8 pixels -> float32 in [-1, 1], bit-identical to the official ToTensor + Normalize.
-to_float_image = encoding.image_to_float
 
 
 @dataclasses.dataclass(frozen=True)

@@ -223,9 +223,9 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
       break
     if not todo[k]:
       continue
-    inputs = encoding.to_model_inputs(batch)  # uint8 -> float32 where the batch lives
-    images = sampler(model, dict(source=inputs["source_image"], pose=inputs["target_pose"]),
-                     jax.random.fold_in(key, k))
+    inputs = dict(source=encoding.image_to_float(batch["source_image"]),  # uint8 -> float32,
+                  pose=encoding.pose_to_float(batch["target_pose"]))  # where the batch lives
+    images = sampler(model, inputs, jax.random.fold_in(key, k))
     images = sampling.gather(jax.numpy.clip(images, -1.0, 1.0))
     keep = sampling.gather(batch["mask"]).astype(bool)
     index = sampling.gather(batch["index"])[keep]

@@ -130,4 +130,3 @@ def test_tanh_cdf_is_close_to_the_normal_cdf():
   z = np.linspace(-4, 4, 81)
   np.testing.assert_allclose(np.asarray(approx_standard_normal_cdf(jnp.asarray(z))),
                              scipy_norm.cdf(z), atol=1e-3)
-

@@ -16,7 +16,7 @@ from PIL import Image
 
 from configs import tiny
 from input_pipeline.synthetic_people import SyntheticPeople, SyntheticPeopleConfig
-from pidm_jax import checkpointing, generate, sharding
+from pidm_jax import checkpointing, encoding, generate, sharding
 from pidm_jax import train as train_lib
 from pidm_jax.evaluation import lpips as lpips_lib
 from pidm_jax.evaluation import protocol, runner
@@ -66,9 +66,8 @@ def test_pixel_conversions():
   x = np.array([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0], np.float32)
   np.testing.assert_array_equal(generate.sample_to_uint8(x), [0, 0, 127, 254, 255, 255])
   # pipeline images (uint8 -> [-1, 1]) come back exactly
-  from input_pipeline import pipeline  # pylint: disable=import-outside-toplevel
   pixels = np.arange(256, dtype=np.uint8)
-  np.testing.assert_array_equal(generate.target_to_uint8(pipeline.to_float_image(pixels)), pixels)
+  np.testing.assert_array_equal(generate.target_to_uint8(encoding.image_to_float(pixels)), pixels)
 
 
 class _FakeEvalData:

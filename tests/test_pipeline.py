@@ -97,7 +97,7 @@ def test_to_float_image_matches_the_official_normalisation():
   x = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
   t = x.astype(np.float32) / np.float32(255)
   expected = (t - np.float32(0.5)) / np.float32(0.5)
-  out = pipeline.to_float_image(x)
+  out = encoding.image_to_float(x)
   assert out.dtype == np.float32
   np.testing.assert_array_equal(out, expected)
   assert out.min() == -1.0 and out.max() == 1.0
@@ -107,7 +107,7 @@ def test_to_float_image_matches_the_official_normalisation():
   u8 = pipeline.PairTransform((SIZE, SIZE))(record)
   converted = encoding.to_model_inputs(u8)
   np.testing.assert_array_equal(converted["source_image"],
-                                pipeline.to_float_image(record["source_image"]))
+                                encoding.image_to_float(record["source_image"]))
   np.testing.assert_array_equal(converted["source_pose"], pose.pose_map(kp, SIZE, SIZE))
   np.testing.assert_array_equal(converted["source_keypoints"], u8["source_keypoints"])
 
@@ -205,7 +205,7 @@ def test_train_batches_are_global_and_sharded(sharding):
     assert model_inputs[k].dtype == np.float32 and model_inputs[k].sharding == sharding, k
   images = np.asarray(model_inputs["source_image"])
   assert images.min() >= -1 and images.max() <= 1
-  np.testing.assert_array_equal(images, pipeline.to_float_image(host["source_image"]))
+  np.testing.assert_array_equal(images, encoding.image_to_float(host["source_image"]))
   np.testing.assert_array_equal(np.asarray(model_inputs["target_pose"]),
                                 host["target_pose"] / np.float32(255))
 
