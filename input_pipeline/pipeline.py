@@ -159,8 +159,9 @@ def _seeds(seed: int, process_index: int) -> tuple[int, int]:
 
 def _iterate(ds: grain.MapDataset, local_batch: int, worker_count: int, prefetch: int,
              read_threads: int) -> grain.IterDataset:
+  # grain uses at most prefetch_buffer_size reader threads, so the buffer is never smaller.
   read = grain.ReadOptions(num_threads=read_threads,
-                           prefetch_buffer_size=max(1, prefetch) * local_batch)
+                           prefetch_buffer_size=max(read_threads, max(1, prefetch) * local_batch))
   it = ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
   if worker_count > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
