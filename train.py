@@ -38,6 +38,9 @@ def main(argv):
     if "ssim" in summary:
       print(f"test SSIM of the samples: {summary['ssim']:.4f}   "
             f"copying the source image: {summary['ssim_copy_source']:.4f}")
+    if "eps_mse" in summary:
+      print(f"denoiser eps-MSE on the test pairs with their own source: {summary['eps_mse']:.5f}"
+            f"   with another person's source: {summary['eps_mse_other_source']:.5f}")
 
 
 if __name__ == "__main__":

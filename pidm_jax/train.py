@@ -295,6 +295,48 @@ def sample_pairs(trainer: Trainer, params, pairs: dict, seed: int) -> np.ndarray
   return np.clip(np.asarray(jax.device_get(images)), -1.0, 1.0)
 
 
+SOURCE_RELIANCE_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def source_reliance(trainer: Trainer, params, pairs: dict, seed: int) -> dict:
+  """How much the denoiser uses the source image: eps-MSE with the right and with another source.
+
+  The targets of ``pairs`` (at least 2) are noised at the timesteps ``SOURCE_RELIANCE_FRACTIONS``
+  of the schedule (the same noise for both) and denoised twice with ``params`` in eval mode: once
+  with each pair's own source image, once with the source of the pair half the batch away (another
+  person, except where the fixed pairs happen to repeat an identity, which only narrows the gap).
+  ``eps_mse_other_source - eps_mse`` > 0 means the texture path (encoder + cross-attention) carries
+  the source's appearance; 0 means the model ignores the source. Returns both, float.
+  """
+  n = len(pairs["source_image"])
+  if n < 2:
+    raise ValueError(f"source_reliance needs at least 2 pairs, got {n}")
+  diffusion = trainer.diffusion
+  steps = np.array([int(f * (diffusion.num_timesteps - 1)) for f in SOURCE_RELIANCE_FRACTIONS])
+
+  @jax.jit
+  def errors(params, source, pose, x0, key):
+    model = trainer.model_from_params(params, train=False)
+    other = jnp.roll(source, n // 2, axis=0)
+    own_f, other_f = model.encode(source), model.encode(other)
+
+    def at(t, k):
+      noise = jax.random.normal(k, x0.shape, jnp.float32)
+      tt = jnp.full((n,), t)
+      x_t = diffusion.q_sample(x0, tt, noise)
+      err = lambda f: jnp.mean((model.denoise(x_t, pose, tt, f)[..., :x0.shape[-1]] - noise)**2)
+      return err(own_f), err(other_f)
+
+    own, other_err = jax.lax.map(lambda a: at(*a), (jnp.asarray(steps),
+                                                   jax.random.split(key, len(steps))))
+    return jnp.mean(own), jnp.mean(other_err)
+
+  own, other = jax.device_get(errors(params, jnp.asarray(pairs["source_image"]),
+                                     jnp.asarray(pairs["target_pose"]),
+                                     jnp.asarray(pairs["target_image"]), jax.random.key(seed)))
+  return {"eps_mse": float(own), "eps_mse_other_source": float(other)}
+
+
 def image_grid(pairs: dict, samples: np.ndarray) -> np.ndarray:
   """Rows of [source | target skeleton | sample | ground truth], uint8 RGB."""
   to_u8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
@@ -498,6 +540,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _sample_and_log(trainer, state, pairs, step, workdir, writer, seed) -> dict:
   samples = sample_pairs(trainer, state.ema_params, pairs, seed)
   quality = sample_quality(pairs, samples, trainer.config.get("eval"))
+  if len(pairs["source_image"]) >= 2:
+    quality.update(source_reliance(trainer, state.ema_params, pairs, seed))
   if writer is not None:
     grid = image_grid(pairs, samples)
     path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
@@ -507,6 +551,9 @@ def _sample_and_log(trainer, state, pairs, step, workdir, writer, seed) -> dict:
     writer.scalars(step, {f"eval/{k}": v for k, v in quality.items()})
     extra = "".join(f", {k} {quality[k]:.4f}" for k in ("lpips", "fid_small_sample")
                     if k in quality)
+    if "eps_mse" in quality:
+      extra += (f"; eps-MSE with the own source {quality['eps_mse']:.5f}, with another source "
+                f"{quality['eps_mse_other_source']:.5f}")
     logging.info("step %d: test SSIM %.4f (copying the source: %.4f)%s; grid %s", step,
                  quality["ssim"], quality["ssim_copy_source"], extra, path)
     quality["grid"] = path

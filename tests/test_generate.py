@@ -253,6 +253,8 @@ def test_sample_quality_adds_lpips_when_configured(tmp_path, monkeypatch):
 
   # _sample_and_log (training, every sample_every steps) logs it to TensorBoard under eval/
   monkeypatch.setattr(train_lib, "sample_pairs", lambda trainer, params, pairs, seed: samples)
+  reliance = {"eps_mse": 0.25, "eps_mse_other_source": 0.5}  # measured in test_train.py
+  monkeypatch.setattr(train_lib, "source_reliance", lambda trainer, params, pairs, seed: reliance)
   pairs["target_pose"] = np.zeros((3, 32, 32, 20), np.float32)
   trainer = types.SimpleNamespace(config=config)
   state = types.SimpleNamespace(ema_params=None)
@@ -262,6 +264,8 @@ def test_sample_quality_adds_lpips_when_configured(tmp_path, monkeypatch):
   assert logged["lpips"] == quality["lpips"]
   assert writer.scalars_logged[(7, "eval/lpips")] == quality["lpips"]
   assert writer.scalars_logged[(7, "eval/ssim")] == quality["ssim"]
+  assert writer.scalars_logged[(7, "eval/eps_mse_other_source")] == 0.5
+  assert logged["eps_mse"] == 0.25
   assert os.path.exists(logged["grid"])
 
 

@@ -33,6 +33,8 @@ def test_main_job_builds_trains_samples_and_reports(tmp_path):
   # background); the untrained model's score is a valid SSIM.
   assert 0.2 < summary["ssim_copy_source"] < 0.95
   assert -1.0 <= summary["ssim"] <= 1.0
+  # The source-reliance pair (eps-MSE with the own and with another source) is reported.
+  assert np.isfinite(summary["eps_mse"]) and np.isfinite(summary["eps_mse_other_source"])
   assert checkpointing.latest_step(workdir / "checkpoints") == 2
   assert glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
   grid = np.asarray(Image.open(summary["grid"]))

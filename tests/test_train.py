@@ -241,3 +241,29 @@ def test_skip_nonfinite_skips_the_update_and_counts_it(tmp_path, fake_pipeline):
   assert all(np.array_equal(a, b) for a, b in zip(_leaves(ema[0]), _leaves(ema[1])))
   assert any(not np.array_equal(a, b) for a, b in zip(_leaves(ema[1]), _leaves(ema[2])))
   assert all(np.isfinite(x).all() for x in _leaves(ema[2]))
+
+
+def test_source_reliance_tells_whether_the_source_is_used(trainers):
+  trainer = trainers[(1, 1)]
+  pairs = {k: v[:4] for k, v in _batch(2).items()}
+  params = jax.device_get(trainer.init_state(0).params)
+
+  def randomise(*names):
+    def fn(path, leaf):
+      key = jax.tree_util.keystr(path)
+      if "kernel" in key and any(n in key for n in names):
+        return np.random.default_rng(len(key)).normal(0, 0.5, leaf.shape).astype(leaf.dtype)
+      return leaf
+    return jax.tree_util.tree_map_with_path(fn, params)
+
+  # Zero-initialised layers opened, except the cross-attention output projections: the denoiser
+  # predicts something, but nothing of the source reaches it.
+  closed = train.source_reliance(trainer, randomise("out_conv"), pairs, seed=0)
+  assert closed["eps_mse"] == closed["eps_mse_other_source"]
+  assert abs(closed["eps_mse"] - 1.0) > 1e-3  # not the all-zero prediction of a fresh model
+  opened_params = randomise("out_conv", "proj_out")
+  opened = train.source_reliance(trainer, opened_params, pairs, seed=0)
+  assert opened["eps_mse"] != opened["eps_mse_other_source"]
+  assert opened == train.source_reliance(trainer, opened_params, pairs, seed=0)  # seeded
+  with pytest.raises(ValueError, match="at least 2 pairs"):
+    train.source_reliance(trainer, params, {k: v[:1] for k, v in pairs.items()}, seed=0)
