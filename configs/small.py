@@ -13,8 +13,14 @@ Measured 2026-11-26 (idle 2-core CPU, jax 0.10.2): ``python train.py --config=co
 took 12 min 8 s wall from a fresh data directory (building the set, compiling, 1300 steps, 500-step
 sampling of 16 test pairs) and printed test SSIM 0.6146 against 0.5914 for copying the source.
 The samples draw a figure in each target pose, but this short run does not learn to carry the
-source's clothes across (the denoiser's error with and without the source image is the same to
-4 digits), which is why the margin over copying is small.
+source's clothes across, which is why the margin over copying is small. The run's closing lines
+show it: the denoiser's eps-MSE on the test pairs is the same with each pair's own source and with
+another person's (``train.source_reliance``). Measured on this configuration with 100-step
+sampling and 16 test pairs (2026-11-26): the two errors stay equal to 4 digits at t = 100, 400
+and 700 after 1300 and after 2600 steps (SSIM 0.574 and 0.582 against 0.591 for copying); the same
+after 1300 steps with plain-coloured clothes (no stripes, checks or dots), with the cross-attention
+output projections initialised randomly instead of at zero, and with min-SNR-5 loss weighting
+(which also lowered SSIM to 0.45). Opening the texture path needs a longer run than a CPU demo.
 """
 
 from configs import default
