@@ -10,7 +10,7 @@ x0 clipped, 500 steps): from one 1500-step model, 25 / 100 / 250 / 500 steps gav
 against 0.615 for 500. The official DDIM (eta 0, x0 unclipped) of a model this young gives noise.
 
 Measured 2026-11-26 (idle 2-core CPU, jax 0.10.2): ``python train.py --config=configs/small.py``
-took 12 min 8 s wall from a fresh data directory (building the set, compiling, 1300 steps, 500-step
+took 10 min 38 s wall from a fresh data directory (building the set, compiling, 1300 steps, 500-step
 sampling of 16 test pairs) and printed test SSIM 0.6146 against 0.5914 for copying the source.
 The samples draw a figure in each target pose, but this short run does not learn to carry the
 source's clothes across, which is why the margin over copying is small. The run's closing lines
