@@ -311,14 +311,25 @@ def source_reliance(trainer: Trainer, params, pairs: dict, seed: int) -> dict:
   n = len(pairs["source_image"])
   if n < 2:
     raise ValueError(f"source_reliance needs at least 2 pairs, got {n}")
+  errors = getattr(trainer, "_source_reliance_fn", None)
+  if errors is None:  # compiled once per trainer, not at every sampling step
+    errors = trainer._source_reliance_fn = _source_reliance_fn(trainer)
+  own, other = jax.device_get(errors(params, jnp.asarray(pairs["source_image"]),
+                                     jnp.asarray(pairs["target_pose"]),
+                                     jnp.asarray(pairs["target_image"]), jax.random.key(seed)))
+  return {"eps_mse": float(own), "eps_mse_other_source": float(other)}
+
+
+def _source_reliance_fn(trainer: Trainer):
+  """The jitted (params, source, pose, x0, key) -> (own eps-MSE, other-source eps-MSE)."""
   diffusion = trainer.diffusion
   steps = np.array([int(f * (diffusion.num_timesteps - 1)) for f in SOURCE_RELIANCE_FRACTIONS])
 
   @jax.jit
   def errors(params, source, pose, x0, key):
+    n = source.shape[0]
     model = trainer.model_from_params(params, train=False)
-    other = jnp.roll(source, n // 2, axis=0)
-    own_f, other_f = model.encode(source), model.encode(other)
+    own_f, other_f = model.encode(source), model.encode(jnp.roll(source, n // 2, axis=0))
 
     def at(t, k):
       noise = jax.random.normal(k, x0.shape, jnp.float32)
@@ -327,14 +338,11 @@ def source_reliance(trainer: Trainer, params, pairs: dict, seed: int) -> dict:
       err = lambda f: jnp.mean((model.denoise(x_t, pose, tt, f)[..., :x0.shape[-1]] - noise)**2)
       return err(own_f), err(other_f)
 
-    own, other_err = jax.lax.map(lambda a: at(*a), (jnp.asarray(steps),
-                                                   jax.random.split(key, len(steps))))
-    return jnp.mean(own), jnp.mean(other_err)
+    own, other = jax.lax.map(lambda a: at(*a), (jnp.asarray(steps),
+                                               jax.random.split(key, len(steps))))
+    return jnp.mean(own), jnp.mean(other)
 
-  own, other = jax.device_get(errors(params, jnp.asarray(pairs["source_image"]),
-                                     jnp.asarray(pairs["target_pose"]),
-                                     jnp.asarray(pairs["target_image"]), jax.random.key(seed)))
-  return {"eps_mse": float(own), "eps_mse_other_source": float(other)}
+  return errors
 
 
 def image_grid(pairs: dict, samples: np.ndarray) -> np.ndarray:
