@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.beta_schedule = "linear"
   diffusion.beta_start = 1e-4
   diffusion.beta_end = 2e-2
+  # What the network's image channels predict: "eps" (official; the converted weights), or "v" /
+  # "x0" (x_0 stays bounded at high noise; see pidm_jax/diffusion.py).
+  diffusion.prediction = "eps"
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "deep_fashion"

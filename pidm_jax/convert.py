@@ -1010,6 +1010,10 @@ def main(argv=None) -> int:
                       help="seed of the dropout stream (import) / of dead tensors (export)")
   args = parser.parse_args(argv)
   config = load_config(args.config)
+  prediction = config.get("diffusion", {}).get("prediction", "eps")
+  if prediction != "eps":
+    parser.error(f"the official PIDM predicts eps, but {args.config} sets diffusion.prediction = "
+                 f"{prediction!r}: its weights mean something else; convert with an eps config")
 
   from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
   if args.to_torch:

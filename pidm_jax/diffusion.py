@@ -6,6 +6,7 @@
   frac = (v + 1) / 2 from the network's channels 3..5;
 * the hybrid training loss: MSE on eps plus the variational bound in bits per dimension computed
   with eps stop-gradiented (so only the variance head learns from it), the decoder NLL at t = 0.
+* the prediction target: eps (official) or, as options, v or x_0 (see ``PREDICTIONS``).
 
 All per-timestep tables are float64 NumPy arrays; they enter JAX computations as float32 via
 ``extract``.
@@ -23,6 +24,24 @@ import numpy as np
 Array = jax.Array
 
 SCHEDULES = ("linear", "cosine", "quad")
+# What the first image channels of the network's output predict. "eps" is the official PIDM (and
+# the converted weights); "v" (Salimans & Ho 2022, v = sqrt(ab) eps - sqrt(1 - ab) x_0) and "x0"
+# (IDDPM's START_X) keep x_0 bounded where alpha_bar -> 0, which eps cannot: there
+# x_0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) multiplies any error in eps by 1 / sqrt(ab).
+PREDICTIONS = ("eps", "v", "x0")
+
+
+def eps_and_x0(prediction: str, pred: Array, x_t: Array, sqrt_ab, sqrt_1m_ab) -> tuple[Array, Array]:
+  """(eps, x_0) implied by the network's prediction at a timestep with the given sqrt(alpha_bar)
+  and sqrt(1 - alpha_bar) (arrays broadcasting against ``x_t``), each computed directly (no round
+  trip through the other, which would lose precision where one coefficient is tiny)."""
+  if prediction == "eps":
+    return pred, (x_t - sqrt_1m_ab * pred) / sqrt_ab
+  if prediction == "v":
+    return sqrt_ab * pred + sqrt_1m_ab * x_t, sqrt_ab * x_t - sqrt_1m_ab * pred
+  if prediction == "x0":
+    return (x_t - sqrt_ab * pred) / sqrt_1m_ab, pred
+  raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
 
 
 def beta_schedule(name: str, num_timesteps: int, beta_start: float = 1e-4,
@@ -90,8 +109,12 @@ class GaussianDiffusion:
   """Per-timestep tables of a discrete Gaussian diffusion (float64 NumPy) and its maths."""
 
   betas: np.ndarray
+  prediction: str = "eps"
 
   def __post_init__(self):
+    if self.prediction not in PREDICTIONS:
+      raise ValueError(
+          f"diffusion prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
     betas = np.asarray(self.betas, np.float64)
     if betas.ndim != 1 or not np.all((betas > 0) & (betas <= 1)):
       raise ValueError("betas must be a 1-D array with values in (0, 1]")
@@ -122,9 +145,10 @@ class GaussianDiffusion:
 
   @classmethod
   def from_config(cls, cfg) -> "GaussianDiffusion":
-    """Builds from ``config.diffusion`` (num_timesteps, beta_schedule, beta_start, beta_end)."""
+    """Builds from ``config.diffusion`` (num_timesteps, beta_schedule, beta_start, beta_end,
+    prediction: "eps" unless given)."""
     return cls(beta_schedule(cfg.beta_schedule, cfg.num_timesteps, cfg.get("beta_start", 1e-4),
-                             cfg.get("beta_end", 2e-2)))
+                             cfg.get("beta_end", 2e-2)), cfg.get("prediction", "eps"))
 
   @property
   def num_timesteps(self) -> int:
@@ -153,6 +177,24 @@ class GaussianDiffusion:
     return ((extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x_start)
             / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
 
+  def _coefs(self, t: Array, ndim: int):
+    return (extract(self.sqrt_alphas_cumprod, t, ndim),
+            extract(self.sqrt_one_minus_alphas_cumprod, t, ndim))
+
+  def eps_and_xstart(self, pred: Array, x_t: Array, t: Array) -> tuple[Array, Array]:
+    """(eps, x_0) implied by the network's image channels ``pred`` under ``self.prediction``."""
+    return eps_and_x0(self.prediction, pred, x_t, *self._coefs(t, x_t.ndim))
+
+  def prediction_target(self, x_start: Array, noise: Array, t: Array) -> Array:
+    """What the image channels are trained to output: eps, v = sqrt(ab) eps - sqrt(1 - ab) x_0,
+    or x_0."""
+    if self.prediction == "eps":
+      return noise
+    if self.prediction == "x0":
+      return x_start
+    sqrt_ab, sqrt_1m_ab = self._coefs(t, x_start.ndim)
+    return sqrt_ab * noise - sqrt_1m_ab * x_start
+
   # -- reverse process --------------------------------------------------------------------------
   def learned_range_log_variance(self, v: Array, t: Array) -> Array:
     """log sigma^2_t from the network's variance channels v (nominally in [-1, 1])."""
@@ -163,11 +205,15 @@ class GaussianDiffusion:
 
   def p_mean_variance(self, model_output: Array, x_t: Array, t: Array,
                       clip_denoised: bool = True) -> dict:
-    """Mean and log-variance of p(x_{t-1} | x_t) from a 6-channel output (eps, v), and x_0."""
+    """Mean and log-variance of p(x_{t-1} | x_t) from a 6-channel output (the prediction, then
+    the variance channels), and x_0 and eps."""
     channels = x_t.shape[-1]
-    eps, v = model_output[..., :channels], model_output[..., channels:]
+    pred, v = model_output[..., :channels], model_output[..., channels:]
     log_variance = self.learned_range_log_variance(v, t)
-    pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)
+    if self.prediction == "eps":  # the official arithmetic, kept operation for operation
+      eps, pred_xstart = pred, self.predict_xstart_from_eps(x_t, t, pred)
+    else:
+      eps, pred_xstart = self.eps_and_xstart(pred, x_t, t)
     if clip_denoised:
       pred_xstart = jnp.clip(pred_xstart, -1.0, 1.0)
     mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
@@ -178,8 +224,9 @@ class GaussianDiffusion:
                       noise: Array) -> dict:
     """The hybrid loss of PIDM, per sample.
 
-    Returns a dict of (B,) float32 arrays: ``mse`` = mean (eps - eps_hat)^2; ``vb`` = the VLB term
-    in bits/dim with eps_hat stop-gradiented (KL of the posteriors for t > 0, the discretised
+    Returns a dict of (B,) float32 arrays: ``mse`` = mean (target - prediction)^2, the target
+    being eps (the official choice), v or x_0 per ``self.prediction``; ``vb`` = the VLB term in
+    bits/dim with the prediction stop-gradiented (KL of the posteriors for t > 0, the discretised
     decoder NLL for t = 0); ``loss`` = mse + vb.
     """
     model_output = model_output.astype(jnp.float32)
@@ -188,9 +235,9 @@ class GaussianDiffusion:
       raise ValueError(
           f"the hybrid loss needs eps and variance channels (2 x {channels}), got output shape "
           f"{model_output.shape}")
-    eps, v = model_output[..., :channels], model_output[..., channels:]
-    mse = _mean_flat((noise - eps)**2)
-    frozen = jnp.concatenate([jax.lax.stop_gradient(eps), v], axis=-1)
+    pred, v = model_output[..., :channels], model_output[..., channels:]
+    mse = _mean_flat((self.prediction_target(x_start, noise, t) - pred)**2)
+    frozen = jnp.concatenate([jax.lax.stop_gradient(pred), v], axis=-1)
     out = self.p_mean_variance(frozen, x_t, t, clip_denoised=False)
     true_mean, _, true_log_var = self.q_posterior_mean_variance(x_start, x_t, t)
     kl = _mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]))

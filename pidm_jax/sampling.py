@@ -53,7 +53,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from pidm_jax import sharding as sharding_lib
-from pidm_jax.diffusion import GaussianDiffusion, beta_schedule
+from pidm_jax.diffusion import GaussianDiffusion, beta_schedule, eps_and_x0
 from pidm_jax.models.pidm import null_pose
 
 Array = jax.Array
@@ -163,7 +163,7 @@ def respaced(diffusion: GaussianDiffusion, grid: np.ndarray) -> GaussianDiffusio
   if len(grid) == diffusion.num_timesteps:
     return diffusion
   ab = diffusion.alphas_cumprod[grid]
-  return GaussianDiffusion(1.0 - ab / np.append(1.0, ab[:-1]))
+  return GaussianDiffusion(1.0 - ab / np.append(1.0, ab[:-1]), diffusion.prediction)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -206,6 +206,8 @@ def make_plan(diffusion: GaussianDiffusion, options: SamplerOptions) -> Plan:
     level = t_next
   ab_level = _ab_ext(diffusion, level)
   arrays.update(blend_a=np.sqrt(ab_level), blend_s=np.sqrt(1.0 - ab_level))
+  if diffusion.prediction != "eps":  # to turn a v or x_0 prediction into eps and x_0
+    arrays.update(sqrt_ab=np.sqrt(ab), sqrt_1m_ab=np.sqrt(1.0 - ab))
 
   process = diffusion
   if options.algorithm == "ddim":
@@ -240,9 +242,11 @@ def make_plan(diffusion: GaussianDiffusion, options: SamplerOptions) -> Plan:
 
 
 def ddim_step(x: Array, eps: Array, coef: Mapping[str, Array], noise: Array | None = None,
-              clip: bool = False) -> tuple[Array, Array]:
-  """One DDIM step. Returns (x_next, x0). ``noise`` is needed when coef['c1'] can be non-zero."""
-  x0 = (x - coef["sqrt_1m_ab"] * eps) / coef["sqrt_ab"]
+              clip: bool = False, x0: Array | None = None) -> tuple[Array, Array]:
+  """One DDIM step. Returns (x_next, x0). ``noise`` is needed when coef['c1'] can be non-zero.
+  ``x0``: the model's own x_0 (v- and x0-prediction); by default derived from eps."""
+  if x0 is None:
+    x0 = (x - coef["sqrt_1m_ab"] * eps) / coef["sqrt_ab"]
   if clip:
     x0 = jnp.clip(x0, -1.0, 1.0)
     eps = (x - coef["sqrt_ab"] * x0) / coef["sqrt_1m_ab"]
@@ -262,13 +266,15 @@ def ddpm_step(process: GaussianDiffusion, x: Array, model_output: Array, index: 
 
 
 def dpm_solver_step(x: Array, eps: Array, x0_prev: Array, coef: Mapping[str, Array],
-                    clip: bool = False) -> tuple[Array, Array]:
+                    clip: bool = False, x0: Array | None = None) -> tuple[Array, Array]:
   """One DPM-Solver++(2M) step. Returns (x_next, x0).
 
   x0 = (x - sigma eps) / alpha; D = c_cur x0 + c_prev x0_prev (c_prev = 0 on first-order steps);
-  x_next = (sigma_next / sigma) x - alpha_next expm1(-h) D.
+  x_next = (sigma_next / sigma) x - alpha_next expm1(-h) D. ``x0``: the model's own x_0 (v- and
+  x0-prediction); by default derived from eps.
   """
-  x0 = (x - coef["sigma"] * eps) / coef["alpha"]
+  if x0 is None:
+    x0 = (x - coef["sigma"] * eps) / coef["alpha"]
   if clip:
     x0 = jnp.clip(x0, -1.0, 1.0)
   d = coef["c_cur"] * x0 + coef["c_prev"] * x0_prev
@@ -300,15 +306,20 @@ def _step_fn(predict: Callable[[Array, Array], Array], plan: Plan, options: Samp
     x, x0_prev = carry
     k_step, k_blend = split_step_key(xs["key"])
     output = predict(x, xs["t"]).astype(jnp.float32)
-    eps = output[..., :x.shape[-1]]
+    pred = output[..., :x.shape[-1]]
+    if plan.diffusion.prediction == "eps":  # the official arithmetic
+      eps, x0_model = pred, None
+    else:
+      eps, x0_model = eps_and_x0(plan.diffusion.prediction, pred, x, xs["sqrt_ab"],
+                                 xs["sqrt_1m_ab"])
     if options.algorithm == "ddim":
       noise = jax.random.normal(k_step, x.shape, x.dtype) if options.eta > 0 else None
-      x_next, x0 = ddim_step(x, eps, xs, noise, options.clip)
+      x_next, x0 = ddim_step(x, eps, xs, noise, options.clip, x0=x0_model)
     elif options.algorithm == "ddpm":
       noise = jax.random.normal(k_step, x.shape, x.dtype)
       x_next, x0 = ddpm_step(plan.diffusion, x, output, xs["index"], noise, options.clip)
     else:
-      x_next, x0 = dpm_solver_step(x, eps, x0_prev, xs, options.clip)
+      x_next, x0 = dpm_solver_step(x, eps, x0_prev, xs, options.clip, x0=x0_model)
     if appearance is not None:
       reference, mask = appearance
       noise = jax.random.normal(k_blend, reference.shape, reference.dtype)
@@ -626,16 +637,18 @@ def _default_diffusion() -> GaussianDiffusion:
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_sampler(betas_key: bytes, options: SamplerOptions, mesh: Mesh | None) -> Sampler:
+def _cached_sampler(betas_key: bytes, prediction: str, options: SamplerOptions,
+                    mesh: Mesh | None) -> Sampler:
   betas = np.frombuffer(betas_key, np.float64)
-  return Sampler(GaussianDiffusion(betas), options, mesh)
+  return Sampler(GaussianDiffusion(betas, prediction), options, mesh)
 
 
 def get_sampler(diffusion: GaussianDiffusion | None, options: SamplerOptions,
                 mesh: Mesh | None = None) -> Sampler:
   """A cached :class:`Sampler` for (betas, options, mesh): repeated calls reuse its compilation."""
   diffusion = diffusion if diffusion is not None else default_diffusion()
-  return _cached_sampler(np.asarray(diffusion.betas, np.float64).tobytes(), options, mesh)
+  return _cached_sampler(np.asarray(diffusion.betas, np.float64).tobytes(), diffusion.prediction,
+                         options, mesh)
 
 
 def sample(model, source, pose, *, algorithm: str = "ddim", steps: int = 50,

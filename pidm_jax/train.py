@@ -335,7 +335,11 @@ def _source_reliance_fn(trainer: Trainer):
       noise = jax.random.normal(k, x0.shape, jnp.float32)
       tt = jnp.full((n,), t)
       x_t = diffusion.q_sample(x0, tt, noise)
-      err = lambda f: jnp.mean((model.denoise(x_t, pose, tt, f)[..., :x0.shape[-1]] - noise)**2)
+
+      def err(features):  # eps-MSE whatever the network predicts (eps, v or x_0)
+        pred = model.denoise(x_t, pose, tt, features)[..., :x0.shape[-1]]
+        return jnp.mean((diffusion.eps_and_xstart(pred, x_t, tt)[0] - noise)**2)
+
       return err(own_f), err(other_f)
 
     own, other = jax.lax.map(lambda a: at(*a), (jnp.asarray(steps),

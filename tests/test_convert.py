@@ -659,6 +659,21 @@ def test_cli_reports_a_mismatching_checkpoint(tiny, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+def test_cli_refuses_a_config_that_does_not_predict_eps(tmp_path, capsys):
+  """The official network predicts eps; a v-prediction config would give its weights another
+  meaning, so neither direction runs (and nothing is written)."""
+  config = tmp_path / "v_config.py"
+  config.write_text("from configs import tiny\n\n\ndef get_config():\n"
+                    "  config = tiny.get_config()\n  config.diffusion.prediction = 'v'\n"
+                    "  return config\n")
+  for extra in ([], ["--to-torch"]):
+    with pytest.raises(SystemExit):
+      convert.main(extra + ["--checkpoint", str(tmp_path / "missing.pt"),
+                            "--output", str(tmp_path / "out"), "--config", str(config)])
+    assert "predicts eps" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+
+
 def test_module_entry_point_help():
   import subprocess
   result = subprocess.run([sys.executable, "-m", "pidm_jax.convert", "--help"], cwd=REPO,

@@ -3,6 +3,7 @@
 import math
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -130,3 +131,45 @@ def test_tanh_cdf_is_close_to_the_normal_cdf():
   z = np.linspace(-4, 4, 81)
   np.testing.assert_allclose(np.asarray(approx_standard_normal_cdf(jnp.asarray(z))),
                              scipy_norm.cdf(z), atol=1e-3)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_prediction_targets_invert_to_eps_and_x0(prediction):
+  """The target of each parameterisation maps back to the true (eps, x_0), even at the cosine
+  schedule's last step where alpha_bar ~ 2e-9."""
+  d = GaussianDiffusion(beta_schedule("cosine", 1000), prediction)
+  rng = np.random.default_rng(2)
+  x0 = jnp.asarray(rng.uniform(-1, 1, (4, 5, 5, 3)), jnp.float32)
+  noise = jnp.asarray(rng.normal(size=x0.shape), jnp.float32)
+  t = jnp.array([0, 300, 900, 999])
+  xt = d.q_sample(x0, t, noise)
+  target = d.prediction_target(x0, noise, t)
+  eps, x_start = d.eps_and_xstart(target, xt, t)
+  # eps from an x_0 prediction divides by sqrt(1 - ab), which is 0.006 at t = 0
+  np.testing.assert_allclose(np.asarray(eps)[1:], np.asarray(noise)[1:], atol=2e-5)
+  if prediction != "eps":  # x_0 from an eps prediction divides by sqrt(ab) (2e-9 at t = 999)
+    np.testing.assert_allclose(np.asarray(x_start), np.asarray(x0), atol=2e-5)
+  else:
+    np.testing.assert_allclose(np.asarray(x_start)[:3], np.asarray(x0)[:3], atol=1e-3)
+  v = (np.sqrt(d.alphas_cumprod[np.asarray(t)])[:, None, None, None] * np.asarray(noise)
+       - np.sqrt(1 - d.alphas_cumprod[np.asarray(t)])[:, None, None, None] * np.asarray(x0))
+  expected = {"eps": np.asarray(noise), "v": v, "x0": np.asarray(x0)}[prediction]
+  np.testing.assert_allclose(np.asarray(target), expected, atol=1e-6)
+  # A perfect prediction has zero MSE; the VB term and the posterior mean are the same for every
+  # parameterisation fed its own perfect prediction (t > 0, where the eps form is well conditioned).
+  var = jnp.asarray(rng.uniform(-1, 1, x0.shape), jnp.float32)
+  out = jnp.concatenate([target, var], axis=-1)
+  losses = d.training_losses(out, x0, xt, t, noise)
+  np.testing.assert_allclose(np.asarray(losses["mse"]), 0.0, atol=1e-10)
+  ref = GaussianDiffusion(beta_schedule("cosine", 1000)).training_losses(
+      jnp.concatenate([noise, var], axis=-1), x0, xt, t, noise)
+  np.testing.assert_allclose(np.asarray(losses["vb"])[1:3], np.asarray(ref["vb"])[1:3], rtol=1e-3)
+
+
+def test_prediction_option_is_validated_and_read_from_config():
+  with pytest.raises(ValueError, match="prediction must be one of"):
+    GaussianDiffusion(beta_schedule("linear", 100), "score")
+  cfg = ml_collections.ConfigDict(dict(num_timesteps=100, beta_schedule="linear"))
+  assert GaussianDiffusion.from_config(cfg).prediction == "eps"
+  cfg.prediction = "v"
+  assert GaussianDiffusion.from_config(cfg).prediction == "v"

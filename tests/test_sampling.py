@@ -15,6 +15,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from configs import tiny
 from pidm_jax import sampling
+from pidm_jax.diffusion import GaussianDiffusion
 from pidm_jax.models import PIDM, null_pose
 
 T = 1000
@@ -149,6 +150,33 @@ def test_ddim_eta0_deterministic_and_rng_free(diffusion):
   a = _run(_toy_predict, x_t, plan, options, KEY(1))
   b = _run(_toy_predict, x_t, plan, options, KEY(2))
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+@pytest.mark.parametrize("options", [
+    sampling.SamplerOptions(steps=10, eta=0.7),
+    sampling.SamplerOptions(steps=10, eta=1.0, clip_denoised=True),
+    sampling.SamplerOptions(algorithm="ddpm", steps=5),
+    sampling.SamplerOptions(algorithm="dpm_solver", steps=6),
+], ids=["ddim", "ddim_clipped", "ddpm", "dpm_solver"])
+def test_v_and_x0_models_sample_like_the_eps_model_they_encode(diffusion, prediction, options):
+  """A v- (or x0-) predicting model whose output encodes the toy eps model gives that model's
+  samples: the sampler reads the prediction through the process's parameterisation."""
+  ab = jnp.asarray(diffusion.alphas_cumprod, jnp.float32)
+
+  def encoded(x, t):
+    a, s = jnp.sqrt(ab[t]), jnp.sqrt(1.0 - ab[t])
+    eps = _toy_eps(x, t)
+    pred = (eps - s * x) / a if prediction == "v" else (x - s * eps) / a
+    return jnp.concatenate([pred, 0.5 * jnp.tanh(x)], axis=-1)
+
+  other = GaussianDiffusion(diffusion.betas, prediction)
+  x_t = jax.random.normal(KEY(0), (B, 8, 8, 3))
+  want = _run(_toy_predict, x_t, sampling.make_plan(diffusion, options), options, KEY(6))
+  got = _run(encoded, x_t, sampling.make_plan(other, options), options, KEY(6))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-3, atol=1e-3)
+  # and the cached sampler keys on the parameterisation
+  assert (sampling.get_sampler(other, options).plan.diffusion.prediction == prediction)
 
 
 # ----------------------------------------------------------------------------------------------
