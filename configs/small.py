@@ -48,7 +48,7 @@ def get_config():
 
   train = config.train
   train.batch_size = 8
-  train.num_train_steps = 1300
+  train.num_train_steps = 1600
   train.learning_rate = 2e-3
   train.warmup_steps = 50
   train.warmup_init_lr = 1e-4
@@ -60,10 +60,11 @@ def get_config():
   train.num_sample_pairs = 16
 
   config.diffusion.beta_schedule = "cosine"
+  config.diffusion.prediction = "v"
 
   sample = config.sample
   sample.algorithm = "ddim"
-  sample.steps = 500
+  sample.steps = 100
   sample.eta = 1.0
   sample.clip_denoised = True
   sample.guidance_scale = 1.0

@@ -24,6 +24,7 @@ def test_main_job_builds_trains_samples_and_reports(tmp_path):
   cfg.sample.eta = 1.0
   cfg.sample.clip_denoised = True
   cfg.sample.guidance_scale = 1.0
+  cfg.diffusion.prediction = "v"  # as the demo (configs/small.py)
   workdir = tmp_path / "run"
 
   summary = train.train_and_evaluate(cfg, str(workdir))
