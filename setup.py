@@ -36,6 +36,6 @@ setup(
         "scikit-image>=0.22",
     ],
     extras_require={
-        "test": ["pytest>=8.0"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
     },
 )
