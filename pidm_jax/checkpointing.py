@@ -100,7 +100,7 @@ def latest_step(directory) -> int | None:
 
 def abstract_model(model_config) -> nnx.Module:
   from pidm_jax.models import PIDM  # imported here: the models do not depend on Orbax
-  return nnx.eval_shape(lambda: PIDM(model_config, rngs=nnx.Rngs(0)))
+  return sharding_lib.abstract_module(lambda: PIDM(model_config, rngs=nnx.Rngs(0)))
 
 
 def abstract_params(model_config, mesh=None, config=None) -> dict:

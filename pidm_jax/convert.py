@@ -877,8 +877,9 @@ def official_to_params(state_dict, model_config) -> dict[Path, np.ndarray]:
 
 def _abstract_model(model_config, seed: int):
   from flax import nnx  # pylint: disable=g-import-not-at-top
+  from pidm_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   from pidm_jax.models import PIDM  # pylint: disable=g-import-not-at-top
-  return nnx.eval_shape(lambda: PIDM(model_config, rngs=nnx.Rngs(seed)))
+  return sharding_lib.abstract_module(lambda: PIDM(model_config, rngs=nnx.Rngs(seed)))
 
 
 def convert_official_state_dict(state_dict, model_config, *, seed: int = 0):

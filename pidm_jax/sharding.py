@@ -38,6 +38,18 @@ DEFAULT_RULES = (
 DEFAULT_MIN_SHARD_SIZE = 2**16
 
 
+def abstract_module(build):
+  """``nnx.eval_shape(build)`` that also works inside a ``jax.set_mesh`` context.
+
+  Under a context mesh NNX turns each parameter's logical axis names into a ``NamedSharding`` on
+  that mesh, which fails for names that are not mesh axes. Only shapes and dtypes are wanted here
+  (the real shardings come from :func:`state_shardings`), so every logical name is resolved as
+  replicated.
+  """
+  with nnx.logical_axis_rules(tuple((name, None) for name, _ in DEFAULT_RULES)):
+    return nnx.eval_shape(build)
+
+
 def _fill_sizes(sizes: Sequence[int], total: int, what: str) -> list[int]:
   sizes = [int(s) for s in sizes]
   if sum(s == -1 for s in sizes) > 1:

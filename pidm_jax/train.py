@@ -106,7 +106,7 @@ class Trainer:
     cfg = self.config
     self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     self.optimizer = make_optimizer(cfg.train)
-    abstract = nnx.eval_shape(lambda: self._new_model(0))
+    abstract = sharding_lib.abstract_module(lambda: self._new_model(0))
     self.graphdef, abstract_params, self._abstract_rest = nnx.split(abstract, nnx.Param, ...)
     rules = sharding_lib.rules_from_config(cfg)
     min_size = sharding_lib.min_shard_size_from_config(cfg)

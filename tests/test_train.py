@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import tiny
 from pidm_jax import checkpointing, sharding, train
@@ -141,6 +142,20 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path):
   params = checkpointing.restore_ema_params(tmp_path / "ckpt", cfg.model)
   assert all(np.array_equal(a, b) for a, b in zip(_leaves(state.ema_params), _leaves(params)))
   ckpt.close()
+
+
+def test_trainer_and_model_loading_work_inside_a_mesh_context(tmp_path):
+  """A user's own loop may build everything under ``jax.set_mesh``: the parameters' logical axis
+  names must not be mistaken for mesh axes there."""
+  cfg = _config()
+  mesh = _mesh(cfg, 2, 4)
+  with jax.set_mesh(mesh):
+    trainer = train.Trainer(cfg, mesh)
+    state = trainer.init_state(5)
+    checkpointing.save_params(tmp_path / "params", state.ema_params, cfg)
+    model = checkpointing.load_model(tmp_path / "params", cfg, mesh=mesh)
+    loaded = nnx.state(model, nnx.Param).to_pure_dict()
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(state.ema_params), _leaves(loaded)))
 
 
 class _FakeIterator:
