@@ -31,7 +31,8 @@ SCHEDULES = ("linear", "cosine", "quad")
 PREDICTIONS = ("eps", "v", "x0")
 
 
-def eps_and_x0(prediction: str, pred: Array, x_t: Array, sqrt_ab, sqrt_1m_ab) -> tuple[Array, Array]:
+def eps_and_x0(prediction: str, pred: Array, x_t: Array, sqrt_ab,
+               sqrt_1m_ab) -> tuple[Array, Array]:
   """(eps, x_0) implied by the network's prediction at a timestep with the given sqrt(alpha_bar)
   and sqrt(1 - alpha_bar) (arrays broadcasting against ``x_t``), each computed directly (no round
   trip through the other, which would lose precision where one coefficient is tiny)."""
@@ -182,7 +183,10 @@ class GaussianDiffusion:
             extract(self.sqrt_one_minus_alphas_cumprod, t, ndim))
 
   def eps_and_xstart(self, pred: Array, x_t: Array, t: Array) -> tuple[Array, Array]:
-    """(eps, x_0) implied by the network's image channels ``pred`` under ``self.prediction``."""
+    """(eps, x_0) implied by the network's image channels ``pred`` under ``self.prediction``
+    (for eps, x_0 by the official arithmetic, ``predict_xstart_from_eps``)."""
+    if self.prediction == "eps":
+      return pred, self.predict_xstart_from_eps(x_t, t, pred)
     return eps_and_x0(self.prediction, pred, x_t, *self._coefs(t, x_t.ndim))
 
   def prediction_target(self, x_start: Array, noise: Array, t: Array) -> Array:
@@ -210,10 +214,7 @@ class GaussianDiffusion:
     channels = x_t.shape[-1]
     pred, v = model_output[..., :channels], model_output[..., channels:]
     log_variance = self.learned_range_log_variance(v, t)
-    if self.prediction == "eps":  # the official arithmetic, kept operation for operation
-      eps, pred_xstart = pred, self.predict_xstart_from_eps(x_t, t, pred)
-    else:
-      eps, pred_xstart = self.eps_and_xstart(pred, x_t, t)
+    eps, pred_xstart = self.eps_and_xstart(pred, x_t, t)
     if clip_denoised:
       pred_xstart = jnp.clip(pred_xstart, -1.0, 1.0)
     mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)

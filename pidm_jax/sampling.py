@@ -173,7 +173,8 @@ class Plan:
   ``arrays`` maps names to NumPy arrays with one entry per step (fed to lax.scan as xs):
   ``t`` / ``t_next`` (int32, t_next = -1 on the final step), ``index`` (position in the grid, for
   the respaced DDPM tables), ``blend_a`` / ``blend_s`` (q_sample coefficients of the appearance
-  blend level) and the algorithm's coefficients.
+  blend level), ``sqrt_ab`` / ``sqrt_1m_ab`` (to read eps and x_0 from the network's output) and
+  the algorithm's coefficients.
   """
 
   grid: np.ndarray
@@ -205,15 +206,14 @@ def make_plan(diffusion: GaussianDiffusion, options: SamplerOptions) -> Plan:
   else:
     level = t_next
   ab_level = _ab_ext(diffusion, level)
-  arrays.update(blend_a=np.sqrt(ab_level), blend_s=np.sqrt(1.0 - ab_level))
-  if diffusion.prediction != "eps":  # to turn a v or x_0 prediction into eps and x_0
-    arrays.update(sqrt_ab=np.sqrt(ab), sqrt_1m_ab=np.sqrt(1.0 - ab))
+  arrays.update(blend_a=np.sqrt(ab_level), blend_s=np.sqrt(1.0 - ab_level),
+                sqrt_ab=np.sqrt(ab), sqrt_1m_ab=np.sqrt(1.0 - ab))  # eps and x_0 from the output
 
   process = diffusion
   if options.algorithm == "ddim":
     c1 = options.eta * np.sqrt((1.0 - ab / ab_next) * (1.0 - ab_next) / (1.0 - ab))
-    arrays.update(sqrt_ab=np.sqrt(ab), sqrt_1m_ab=np.sqrt(1.0 - ab), sqrt_ab_next=np.sqrt(ab_next),
-                  c1=c1, c2=np.sqrt(np.maximum(1.0 - ab_next - c1**2, 0.0)))
+    arrays.update(sqrt_ab_next=np.sqrt(ab_next), c1=c1,
+                  c2=np.sqrt(np.maximum(1.0 - ab_next - c1**2, 0.0)))
   elif options.algorithm == "ddpm":
     process = respaced(diffusion, grid)
   else:  # dpm_solver
@@ -306,12 +306,8 @@ def _step_fn(predict: Callable[[Array, Array], Array], plan: Plan, options: Samp
     x, x0_prev = carry
     k_step, k_blend = split_step_key(xs["key"])
     output = predict(x, xs["t"]).astype(jnp.float32)
-    pred = output[..., :x.shape[-1]]
-    if plan.diffusion.prediction == "eps":  # the official arithmetic
-      eps, x0_model = pred, None
-    else:
-      eps, x0_model = eps_and_x0(plan.diffusion.prediction, pred, x, xs["sqrt_ab"],
-                                 xs["sqrt_1m_ab"])
+    eps, x0_model = eps_and_x0(plan.diffusion.prediction, output[..., :x.shape[-1]], x,
+                               xs["sqrt_ab"], xs["sqrt_1m_ab"])
     if options.algorithm == "ddim":
       noise = jax.random.normal(k_step, x.shape, x.dtype) if options.eta > 0 else None
       x_next, x0 = ddim_step(x, eps, xs, noise, options.clip, x0=x0_model)
