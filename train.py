@@ -36,11 +36,14 @@ def main(argv):
   if jax.process_index() == 0:
     print(json.dumps(summary, indent=2, sort_keys=True))
     if "ssim" in summary:
-      print(f"test SSIM of the samples: {summary['ssim']:.4f}   "
-            f"copying the source image: {summary['ssim_copy_source']:.4f}")
-    if "eps_mse" in summary:
-      print(f"denoiser eps-MSE on the test pairs with their own source: {summary['eps_mse']:.5f}"
-            f"   with another person's source: {summary['eps_mse_other_source']:.5f}")
+      print(f"test SSIM of the samples: {summary['ssim']:.4f}   with another person's source: "
+            f"{summary['ssim_swapped_source']:.4f}   copying the source image: "
+            f"{summary['ssim_copy_source']:.4f}")
+      print(f"colour error in the target's body region (CIELAB Delta E): "
+            f"{summary['body_colour_error']:.2f} from the own source, "
+            f"{summary['body_colour_error_swapped_source']:.2f} from another person's source")
+      print(f"grids: {summary['grid']} and {summary['swap_grid']}; figures in "
+            f"{os.path.join(FLAGS.workdir, 'summary.json')}")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.warmup_steps = 5000
   train.warmup_init_lr = 8e-7
   train.lr_decay = "constant"  # after the warm-up: "constant" (official) or "cosine" (to 0 at the end)
+  # Training timesteps: uniform (official, 0.0), or this fraction drawn from [high_noise_from * T, T).
+  train.high_noise_fraction = 0.0
+  train.high_noise_from = 0.8
   train.adam_b1 = 0.9
   train.adam_b2 = 0.999
   train.adam_eps = 1e-8

@@ -268,6 +268,17 @@ class EvalData:
     return out
 
 
+  def person_ids(self, indices) -> list[str]:
+    """The identity (``person_id``) of the records at ``indices`` (-1 skipped); where a record has
+    no ``person_id``, its source image's id stands for it."""
+    out = []
+    for i in np.asarray(indices).reshape(-1):
+      if i >= 0:
+        r = self._id_source[int(i)]
+        out.append(_text(r["person_id"] if "person_id" in r else r["source_id"]))
+    return out
+
+
 def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 

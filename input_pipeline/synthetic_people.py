@@ -29,6 +29,7 @@ from input_pipeline.features import encode_png, pair_features
 from input_pipeline.synthetic import person
 
 _SPLITS = {"train": 0, "test": 1}
+BACKGROUNDS = ("per_image", "per_identity", "fixed")
 
 
 @dataclasses.dataclass(eq=False)
@@ -41,6 +42,11 @@ class SyntheticPeopleConfig(tfds.core.BuilderConfig):
       poses_per_identity: images per identity; each unordered pair of two of them is one record,
         so a split has identities * poses * (poses - 1) / 2 records.
       seed: fixes every identity, pose and background.
+      background: "per_image" (a slightly different light background for every image),
+        "per_identity" (all views of an identity on one background: a studio session) or
+        "fixed" (one background for the whole set, as DeepFashion's near-uniform studio white).
+      build: limbs, shoulders and hips this many times as wide (1 = the default proportions).
+      pattern_scale: clothing patterns (stripes, checks, dots) this many times as coarse.
     """
 
     resolution: int = 64
@@ -48,6 +54,9 @@ class SyntheticPeopleConfig(tfds.core.BuilderConfig):
     test_identities: int = 20
     poses_per_identity: int = 4
     seed: int = 0
+    background: str = "per_image"
+    build: float = 1.0
+    pattern_scale: float = 1.0
 
     def __post_init__(self):
         where = f"synthetic_people config {self.name!r}"
@@ -56,6 +65,12 @@ class SyntheticPeopleConfig(tfds.core.BuilderConfig):
         if self.poses_per_identity < 2:
             raise ValueError(f"{where}: poses_per_identity must be >= 2 to make pairs, got "
                              f"{self.poses_per_identity}")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"{where}: background must be one of {BACKGROUNDS}, got "
+                             f"{self.background!r}")
+        if self.build <= 0 or self.pattern_scale <= 0:
+            raise ValueError(f"{where}: build and pattern_scale must be > 0, got {self.build} "
+                             f"and {self.pattern_scale}")
         if self.train_identities < 0 or self.test_identities < 0:
             raise ValueError(f"{where}: identity counts must be >= 0, got "
                              f"{self.train_identities} and {self.test_identities}")
@@ -64,14 +79,21 @@ class SyntheticPeopleConfig(tfds.core.BuilderConfig):
 def identity_images(config: SyntheticPeopleConfig, split: str, index: int):
     """Renders one identity of ``split``: returns (person_id, [(image, keypoints), ...]).
 
-    Deterministic in (config.seed, split, index, config.resolution, config.poses_per_identity).
+    Deterministic in (config.seed, split, index, config.resolution, config.poses_per_identity,
+    config.background, config.build, config.pattern_scale).
     """
     if split not in _SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLITS)}")
     rng = np.random.default_rng([config.seed, _SPLITS[split], index])
-    appearance = person.sample_appearance(rng)
+    appearance = person.restyled(person.sample_appearance(rng), build=config.build,
+                                 pattern_scale=config.pattern_scale)
     size = config.resolution
-    views = [person.render(appearance, person.sample_pose(rng), size, size, rng)
+    backdrop = None
+    if config.background == "per_identity":
+        backdrop = person.background(rng, size, size)
+    elif config.background == "fixed":
+        backdrop = person.background(np.random.default_rng([config.seed]), size, size)
+    views = [person.render(appearance, person.sample_pose(rng), size, size, rng, backdrop)
              for _ in range(config.poses_per_identity)]
     return f"{split}_{index:05d}", views
 
@@ -86,6 +108,18 @@ class SyntheticPeople(tfds.core.GeneratorBasedBuilder):
                               description="64x64, 200 train / 20 test identities, 4 poses each."),
         SyntheticPeopleConfig(name="res256", resolution=256,
                               description="256x256, 200 train / 20 test identities, 4 poses each."),
+        SyntheticPeopleConfig(
+            name="studio64", resolution=64, train_identities=2000, test_identities=20,
+            background="fixed", build=1.5, pattern_scale=1.6,
+            description="64x64, 2000 train / 20 test identities, 4 poses each; one studio "
+                        "background for every image, bodies 1.5x as wide and patterns 1.6x as "
+                        "coarse as res64's."),
+        SyntheticPeopleConfig(
+            name="studio32", resolution=32, train_identities=4000, test_identities=20,
+            background="fixed", build=1.5, pattern_scale=2.0,
+            description="32x32, 4000 train / 20 test identities, 4 poses each; one studio "
+                        "background for every image, bodies 1.5x as wide and patterns 2x as "
+                        "coarse as res64's (the CPU demo's set)."),
     ]
 
     def __init__(self, *, file_format=None, **kwargs):

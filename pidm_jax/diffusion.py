@@ -70,6 +70,27 @@ def beta_schedule(name: str, num_timesteps: int, beta_start: float = 1e-4,
   raise ValueError(f"unknown beta schedule {name!r}; expected one of {SCHEDULES}")
 
 
+def sample_timesteps(key: Array, shape, num_timesteps: int, high_noise_fraction: float = 0.0,
+                     high_noise_from: float = 0.8) -> Array:
+  """Training timesteps: uniform on [0, T) (official), or a mixture that trains high noise more.
+
+  With ``high_noise_fraction`` = q > 0, each timestep is drawn with probability q uniformly from
+  [high_noise_from * T, T) (where x_t no longer shows the image's colours, so only the source can
+  tell them) and otherwise uniformly from [0, T). The loss is not re-weighted.
+  """
+  if not 0.0 <= high_noise_fraction <= 1.0:
+    raise ValueError(f"high_noise_fraction must be in [0, 1], got {high_noise_fraction}")
+  if not 0.0 <= high_noise_from < 1.0:
+    raise ValueError(f"high_noise_from must be in [0, 1), got {high_noise_from}")
+  if high_noise_fraction == 0.0:
+    return jax.random.randint(key, shape, 0, num_timesteps)
+  uniform_key, high_key, pick_key = jax.random.split(key, 3)
+  t = jax.random.randint(uniform_key, shape, 0, num_timesteps)
+  start = min(int(high_noise_from * num_timesteps), num_timesteps - 1)
+  high = jax.random.randint(high_key, shape, start, num_timesteps)
+  return jnp.where(jax.random.bernoulli(pick_key, high_noise_fraction, shape), high, t)
+
+
 def extract(table: np.ndarray, t: Array, ndim: int) -> Array:
   """Gathers ``table[t]`` (float32) and reshapes it to broadcast against an ``ndim``-rank array."""
   values = jnp.asarray(table, jnp.float32)[jnp.asarray(t, jnp.int32)]

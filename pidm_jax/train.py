@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import signal
 import threading
@@ -30,6 +31,7 @@ from PIL import Image
 
 from pidm_jax import encoding
 from pidm_jax import sharding as sharding_lib
+from pidm_jax import diffusion as diffusion_lib
 from pidm_jax.diffusion import GaussianDiffusion
 from pidm_jax.models import PIDM
 
@@ -94,7 +96,7 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
         f"both directions)")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # hashed by identity (compiled helpers are cached per trainer)
 class Trainer:
   """Holds the static parts of training (graph, diffusion, optimizer, shardings) and the
   compiled init and step functions."""
@@ -175,7 +177,8 @@ class Trainer:
     pose = jnp.concatenate([batch["target_pose"], batch["source_pose"]])
     b = x0.shape[0]
     t_key, noise_key, drop_key, cond_key = jax.random.split(rng, 4)
-    t = jax.random.randint(t_key, (b,), 0, self.diffusion.num_timesteps)
+    t = diffusion_lib.sample_timesteps(t_key, (b,), self.diffusion.num_timesteps,
+                                       cfg.train.high_noise_fraction, cfg.train.high_noise_from)
     noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
     x_t = self.diffusion.q_sample(x0, t, noise)
     model = self.model_from_params(params, train=True, dropout_key=drop_key)
@@ -269,19 +272,28 @@ def ensure_dataset(config) -> None:
       multihost_utils.sync_global_devices("synthetic_people built")
 
 
+EVAL_PAIR_KEYS = PAIR_KEYS + ("target_keypoints",)
+
+
 def _fixed_eval_batch(eval_data, num_pairs: int) -> dict:
-  """The first ``num_pairs`` pairs of the evaluation split, as host NumPy float32 model inputs."""
+  """The first ``num_pairs`` pairs of the evaluation split, as host NumPy float32 model inputs.
+
+  Also ``target_keypoints`` (the body regions of the source-swap evaluation) and ``person_id``
+  (a list of str: each pair's identity, or its source image's id where the data set has none).
+  """
   from pidm_jax.sampling import gather  # pylint: disable=g-import-not-at-top
-  out = {k: [] for k in PAIR_KEYS}
+  out = {k: [] for k in EVAL_PAIR_KEYS + ("index",)}
   have = 0
   for batch in eval_data:
     mask = gather(batch["mask"]).astype(bool)
-    for k in PAIR_KEYS:
+    for k in out:
       out[k].append(gather(batch[k])[mask])
     have += int(mask.sum())
     if have >= num_pairs:
       break
-  return encoding.to_model_inputs({k: np.concatenate(v)[:num_pairs] for k, v in out.items()})
+  pairs = encoding.to_model_inputs({k: np.concatenate(v)[:num_pairs] for k, v in out.items()})
+  pairs["person_id"] = eval_data.person_ids(pairs.pop("index"))
+  return pairs
 
 
 def sample_pairs(trainer: Trainer, params, pairs: dict, seed: int) -> np.ndarray:
@@ -295,67 +307,68 @@ def sample_pairs(trainer: Trainer, params, pairs: dict, seed: int) -> np.ndarray
   return np.clip(np.asarray(jax.device_get(images)), -1.0, 1.0)
 
 
-SOURCE_RELIANCE_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+def source_swap(trainer: Trainer, params, pairs: dict, seed: int) -> dict:
+  """The sample-level source-swap evaluation (``pidm_jax.evaluation.source_swap``) of ``params``.
 
-
-def source_reliance(trainer: Trainer, params, pairs: dict, seed: int) -> dict:
-  """How much the denoiser uses the source image: eps-MSE with the right and with another source.
-
-  The targets of ``pairs`` (at least 2) are noised at the timesteps ``SOURCE_RELIANCE_FRACTIONS``
-  of the schedule (the same noise for both) and denoised twice with ``params`` in eval mode: once
-  with each pair's own source image, once with the source of the pair half the batch away (another
-  person, except where the fixed pairs happen to repeat an identity, which only narrows the gap).
-  ``eps_mse_other_source - eps_mse`` > 0 means the texture path (encoder + cross-attention) carries
-  the source's appearance; 0 means the model ignores the source. Returns both, float.
+  Every target pose of ``pairs`` (which need ``target_keypoints`` and ``person_id``, at least two
+  identities) is sampled with the config's sampler from its own source and from another identity's
+  source, with the same noise (``seed``); also the denoiser's high-noise x0 error in the body region
+  with both sources (``body_x0_mse``, ``body_x0_mse_swapped_source``). Returns the metrics, the two
+  sample arrays and the partners (see ``source_swap.evaluate``).
   """
-  n = len(pairs["source_image"])
-  if n < 2:
-    raise ValueError(f"source_reliance needs at least 2 pairs, got {n}")
-  errors = getattr(trainer, "_source_reliance_fn", None)
-  if errors is None:  # compiled once per trainer, not at every sampling step
-    errors = trainer._source_reliance_fn = _source_reliance_fn(trainer)
-  own, other = jax.device_get(errors(params, jnp.asarray(pairs["source_image"]),
-                                     jnp.asarray(pairs["target_pose"]),
-                                     jnp.asarray(pairs["target_image"]), jax.random.key(seed)))
-  return {"eps_mse": float(own), "eps_mse_other_source": float(other)}
+  from pidm_jax.evaluation import source_swap as swap_lib  # pylint: disable=g-import-not-at-top
+  sample = lambda source, pose: sample_pairs(
+      trainer, params, {"source_image": source, "target_pose": pose}, seed)
+  result = swap_lib.evaluate(sample, pairs, pairs["person_id"])
+  h, w = pairs["target_image"].shape[1:3]
+  region = swap_lib.body_masks(pairs["target_keypoints"], h, w)
+  own, other = jax.device_get(_x0_error_fn(trainer)(
+      params, jnp.asarray(pairs["source_image"]),
+      jnp.asarray(pairs["source_image"][result["partners"]]), jnp.asarray(pairs["target_pose"]),
+      jnp.asarray(pairs["target_image"]), jnp.asarray(region), jax.random.key(seed)))
+  result.update(body_x0_mse=float(own), body_x0_mse_swapped_source=float(other))
+  return result
 
 
-def _source_reliance_fn(trainer: Trainer):
-  """The jitted (params, source, pose, x0, key) -> (own eps-MSE, other-source eps-MSE)."""
-  diffusion = trainer.diffusion
-  steps = np.array([int(f * (diffusion.num_timesteps - 1)) for f in SOURCE_RELIANCE_FRACTIONS])
+@functools.lru_cache(maxsize=4)
+def _x0_error_fn(trainer: Trainer):
+  """``source_swap.high_noise_x0_error`` of ``trainer``'s model, jitted once per trainer."""
+  from pidm_jax.evaluation import source_swap as swap_lib  # pylint: disable=g-import-not-at-top
 
   @jax.jit
-  def errors(params, source, pose, x0, key):
-    n = source.shape[0]
+  def errors(params, source, swapped, pose, x0, region, key):
     model = trainer.model_from_params(params, train=False)
-    own_f, other_f = model.encode(source), model.encode(jnp.roll(source, n // 2, axis=0))
-
-    def at(t, k):
-      noise = jax.random.normal(k, x0.shape, jnp.float32)
-      tt = jnp.full((n,), t)
-      x_t = diffusion.q_sample(x0, tt, noise)
-
-      def err(features):  # eps-MSE whatever the network predicts (eps, v or x_0)
-        pred = model.denoise(x_t, pose, tt, features)[..., :x0.shape[-1]]
-        return jnp.mean((diffusion.eps_and_xstart(pred, x_t, tt)[0] - noise)**2)
-
-      return err(own_f), err(other_f)
-
-    own, other = jax.lax.map(lambda a: at(*a), (jnp.asarray(steps),
-                                               jax.random.split(key, len(steps))))
-    return jnp.mean(own), jnp.mean(other)
+    return swap_lib.high_noise_x0_error(model, trainer.diffusion, source, swapped, pose, x0,
+                                        region, key)
 
   return errors
 
 
+def _to_uint8(x) -> np.ndarray:
+  return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _skeleton(pose_map) -> np.ndarray:
+  return np.clip(np.round(np.asarray(pose_map)[..., :3] * 255), 0, 255).astype(np.uint8)
+
+
 def image_grid(pairs: dict, samples: np.ndarray) -> np.ndarray:
   """Rows of [source | target skeleton | sample | ground truth], uint8 RGB."""
-  to_u8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-  skeleton = np.clip(np.round(np.asarray(pairs["target_pose"])[..., :3] * 255), 0, 255)
-  rows = [np.concatenate([to_u8(pairs["source_image"][i]), skeleton[i].astype(np.uint8),
-                          to_u8(samples[i]), to_u8(pairs["target_image"][i])], axis=1)
+  rows = [np.concatenate([_to_uint8(pairs["source_image"][i]), _skeleton(pairs["target_pose"][i]),
+                          _to_uint8(samples[i]), _to_uint8(pairs["target_image"][i])], axis=1)
           for i in range(len(samples))]
+  return np.concatenate(rows, axis=0)
+
+
+def swap_grid(pairs: dict, swap: dict) -> np.ndarray:
+  """Rows of [target skeleton | own source | its sample | other source | its sample | ground truth]:
+  one target pose drawn, with the same noise, from two different people (uint8 RGB)."""
+  src = pairs["source_image"]
+  rows = [np.concatenate([_skeleton(pairs["target_pose"][i]), _to_uint8(src[i]),
+                          _to_uint8(swap["samples"][i]), _to_uint8(src[j]),
+                          _to_uint8(swap["samples_swapped_source"][i]),
+                          _to_uint8(pairs["target_image"][i])], axis=1)
+          for i, j in enumerate(swap["partners"])]
   return np.concatenate(rows, axis=0)
 
 
@@ -535,40 +548,63 @@ def train_and_evaluate(config, workdir: str) -> dict:
           logging.warning("stopped at step %d after a termination signal; checkpoint saved", step)
           summary["preempted"] = True
           break
+    summary["train_seconds"] = time.time() - t_start  # this run's steps (and their checkpoints)
+    summary["steps"] = step
     if not summary.get("preempted"):
       if ckpt.latest_step() != step:
         ckpt.save(step, state, train_iter, force=True)
       ckpt.wait()
       if sample_batch is not None:
+        t_sample = time.time()
         summary.update(_sample_and_log(trainer, state, sample_batch, step, workdir, writer,
                                        config.seed))
-    summary["train_seconds"] = time.time() - t_start
+        summary["eval_seconds"] = time.time() - t_sample
     ckpt.close()
     if writer is not None:
       writer.close()
+      _write_summary(workdir, summary)
     return summary
 
 
+def _write_summary(workdir: str, summary: dict) -> None:
+  """``<workdir>/summary.json``: the run's final figures, for scripts (process 0)."""
+  path = os.path.join(workdir, "summary.json")
+  values = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
+            for k, v in summary.items() if isinstance(v, (int, float, str, bool, np.number))}
+  with open(path + ".tmp", "w") as f:
+    json.dump(values, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+SUMMARY_METRICS = ("ssim", "ssim_copy_source", "ssim_swapped_source", "body_colour_error",
+                   "body_colour_error_swapped_source", "body_x0_mse", "body_x0_mse_swapped_source")
+
+
 def _sample_and_log(trainer, state, pairs, step, workdir, writer, seed) -> dict:
-  samples = sample_pairs(trainer, state.ema_params, pairs, seed)
-  quality = sample_quality(pairs, samples, trainer.config.get("eval"))
-  if len(pairs["source_image"]) >= 2:
-    quality.update(source_reliance(trainer, state.ema_params, pairs, seed))
+  """Samples the fixed test pairs from their own and swapped sources; logs metrics and grids."""
+  swap = source_swap(trainer, state.ema_params, pairs, seed)
+  quality = {k: swap[k] for k in SUMMARY_METRICS}
+  extra = sample_quality(pairs, swap["samples"], trainer.config.get("eval"))
+  quality.update({k: v for k, v in extra.items() if k not in quality})
   if writer is not None:
-    grid = image_grid(pairs, samples)
-    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(grid).save(path)
-    writer.image(step, "samples/source|skeleton|sample|target", grid)
+    paths = {}
+    for name, grid, tag in (
+        ("step", image_grid(pairs, swap["samples"]), "samples/source|skeleton|sample|target"),
+        ("swap_step", swap_grid(pairs, swap),
+         "samples/skeleton|source|sample|other source|its sample|target")):
+      paths[name] = os.path.join(workdir, "samples", f"{name}_{step:07d}.png")
+      os.makedirs(os.path.dirname(paths[name]), exist_ok=True)
+      Image.fromarray(grid).save(paths[name])
+      writer.image(step, tag, grid)
     writer.scalars(step, {f"eval/{k}": v for k, v in quality.items()})
     extra = "".join(f", {k} {quality[k]:.4f}" for k in ("lpips", "fid_small_sample")
                     if k in quality)
-    if "eps_mse" in quality:
-      extra += (f"; eps-MSE with the own source {quality['eps_mse']:.5f}, with another source "
-                f"{quality['eps_mse_other_source']:.5f}")
-    logging.info("step %d: test SSIM %.4f (copying the source: %.4f)%s; grid %s", step,
-                 quality["ssim"], quality["ssim_copy_source"], extra, path)
-    quality["grid"] = path
+    logging.info("step %d: test SSIM %.4f (swapped source %.4f, copying the source %.4f), body "
+                 "colour error %.2f (swapped source %.2f)%s; grids %s, %s", step, quality["ssim"],
+                 quality["ssim_swapped_source"], quality["ssim_copy_source"],
+                 quality["body_colour_error"], quality["body_colour_error_swapped_source"], extra,
+                 paths["step"], paths["swap_step"])
+    quality["grid"], quality["swap_grid"] = paths["step"], paths["swap_step"]
   return quality
 
 

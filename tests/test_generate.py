@@ -252,9 +252,9 @@ def test_sample_quality_adds_lpips_when_configured(tmp_path, monkeypatch):
   assert "fid_small_sample" not in quality
 
   # _sample_and_log (training, every sample_every steps) logs it to TensorBoard under eval/
-  monkeypatch.setattr(train_lib, "sample_pairs", lambda trainer, params, pairs, seed: samples)
-  reliance = {"eps_mse": 0.25, "eps_mse_other_source": 0.5}  # measured in test_train.py
-  monkeypatch.setattr(train_lib, "source_reliance", lambda trainer, params, pairs, seed: reliance)
+  swap = {k: 0.5 + i for i, k in enumerate(train_lib.SUMMARY_METRICS)}  # measured in test_train
+  swap.update(samples=samples, samples_swapped_source=samples[::-1], partners=np.array([2, 2, 0]))
+  monkeypatch.setattr(train_lib, "source_swap", lambda trainer, params, pairs, seed: swap)
   pairs["target_pose"] = np.zeros((3, 32, 32, 20), np.float32)
   trainer = types.SimpleNamespace(config=config)
   state = types.SimpleNamespace(ema_params=None)
@@ -263,10 +263,14 @@ def test_sample_quality_adds_lpips_when_configured(tmp_path, monkeypatch):
   logged = train_lib._sample_and_log(trainer, state, pairs, 7, str(tmp_path), writer, 0)
   assert logged["lpips"] == quality["lpips"]
   assert writer.scalars_logged[(7, "eval/lpips")] == quality["lpips"]
-  assert writer.scalars_logged[(7, "eval/ssim")] == quality["ssim"]
-  assert writer.scalars_logged[(7, "eval/eps_mse_other_source")] == 0.5
-  assert logged["eps_mse"] == 0.25
-  assert os.path.exists(logged["grid"])
+  assert writer.scalars_logged[(7, "eval/ssim")] == swap["ssim"]  # the source-swap figures
+  assert writer.scalars_logged[(7, "eval/body_colour_error_swapped_source")] == \
+      swap["body_colour_error_swapped_source"]
+  assert logged["body_x0_mse"] == swap["body_x0_mse"]
+  assert os.path.exists(logged["grid"]) and os.path.exists(logged["swap_grid"])
+  assert [tag for _, tag, _ in writer.images] == [
+      "samples/source|skeleton|sample|target",
+      "samples/skeleton|source|sample|other source|its sample|target"]
 
 
 class _PooledFeatures(nnx.Module):

@@ -2,6 +2,7 @@
 log, sample test identities and report SSIM next to copying the source."""
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -34,10 +35,16 @@ def test_main_job_builds_trains_samples_and_reports(tmp_path):
   # background); the untrained model's score is a valid SSIM.
   assert 0.2 < summary["ssim_copy_source"] < 0.95
   assert -1.0 <= summary["ssim"] <= 1.0
-  # The source-reliance pair (eps-MSE with the own and with another source) is reported.
-  assert np.isfinite(summary["eps_mse"]) and np.isfinite(summary["eps_mse_other_source"])
+  # The source-swap figures are reported, and written to summary.json for scripts.
+  written = json.loads((workdir / "summary.json").read_text())
+  for key in ("ssim", "ssim_copy_source", "ssim_swapped_source", "body_colour_error",
+              "body_colour_error_swapped_source", "train_seconds", "steps"):
+    assert np.isfinite(summary[key]) and written[key] == summary[key], key
+  assert written["steps"] == 2 and 0 < summary["body_colour_error"] < 100
   assert checkpointing.latest_step(workdir / "checkpoints") == 2
   assert glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
   grid = np.asarray(Image.open(summary["grid"]))
   assert os.path.dirname(summary["grid"]) == str(workdir / "samples")
   assert grid.shape == (8 * 32, 4 * 32, 3)  # source | skeleton | sample | ground truth per pair
+  swap = np.asarray(Image.open(summary["swap_grid"]))
+  assert swap.shape == (8 * 32, 6 * 32, 3)  # skeleton | source | sample | other | its sample | gt

@@ -147,5 +147,40 @@ def test_config_validation():
         SyntheticPeopleConfig(name="bad", poses_per_identity=1)
     with pytest.raises(ValueError, match="resolution"):
         SyntheticPeopleConfig(name="bad", resolution=8)
-    assert {c.name: c.resolution for c in SyntheticPeople.BUILDER_CONFIGS} == {"res64": 64,
-                                                                                "res256": 256}
+    with pytest.raises(ValueError, match="build and pattern_scale"):
+        SyntheticPeopleConfig(name="bad", build=0.0)
+    with pytest.raises(ValueError, match="build and pattern_scale"):
+        person.restyled(person.sample_appearance(np.random.default_rng(0)), pattern_scale=-1)
+    assert {c.name: c.resolution for c in SyntheticPeople.BUILDER_CONFIGS} == {
+        "res64": 64, "res256": 256, "studio64": 64, "studio32": 32}
+
+
+def test_studio_options_share_the_background_and_widen_the_body():
+    studio = dataclasses.replace(CONFIG, name="studio", background="per_identity", build=1.5,
+                                 pattern_scale=1.6)
+    _, views = identity_images(studio, "train", 1)
+    _, plain_views = identity_images(CONFIG, "train", 1)
+    corners = lambda im: im[[0, 0, -1, -1], [0, -1, 0, -1]].astype(int)
+    # One background for every view of an identity (the corners are always background here) ...
+    assert all(np.array_equal(corners(views[0][0]), corners(v[0])) for v in views[1:])
+    # ... where the default set draws a slightly different one per image.
+    assert not all(np.array_equal(corners(plain_views[0][0]), corners(v[0]))
+                   for v in plain_views[1:])
+    fixed = dataclasses.replace(studio, name="fixed", background="fixed")
+    backgrounds = {tuple(corners(im).ravel()) for i in range(3)
+                   for im, _ in identity_images(fixed, "train", i)[1]}
+    assert len(backgrounds) == 1  # one background for the whole set
+    with pytest.raises(ValueError, match="background must be one of"):
+        dataclasses.replace(CONFIG, name="bad", background="random")
+    # Wider limbs, shoulders and hips: more body pixels on average.
+    area = lambda cfg: np.mean([_body_mask(im).mean() for i in range(4)
+                                for im, _ in identity_images(cfg, "train", i)[1]])
+    assert area(studio) > 1.2 * area(CONFIG)
+    look = person.sample_appearance(np.random.default_rng(3))
+    wide = person.restyled(look, build=1.5, pattern_scale=2.0)
+    assert wide.arm_width == 1.5 * look.arm_width and wide.top_period == 2.0 * look.top_period
+    assert wide.top == look.top and wide.torso == look.torso
+    assert person.restyled(look) == look
+    with pytest.raises(ValueError, match="backdrop"):
+        person.render(look, person.sample_pose(np.random.default_rng(0)), 32, 32,
+                      np.random.default_rng(0), backdrop=np.zeros((16, 16, 3), np.float32))

@@ -258,9 +258,12 @@ def test_skip_nonfinite_skips_the_update_and_counts_it(tmp_path, fake_pipeline):
   assert all(np.isfinite(x).all() for x in _leaves(ema[2]))
 
 
-def test_source_reliance_tells_whether_the_source_is_used(trainers):
+def test_source_swap_tells_whether_the_source_is_used(trainers):
   trainer = trainers[(1, 1)]
   pairs = {k: v[:4] for k, v in _batch(2).items()}
+  kp = np.full((4, 18, 2), -1.0, np.float32)
+  kp[:, 1], kp[:, 8], kp[:, 11] = (16, 6), (12, 20), (20, 20)  # neck, hips: a torso
+  pairs.update(target_keypoints=kp, person_id=["a", "a", "b", "c"])
   params = jax.device_get(trainer.init_state(0).params)
 
   def randomise(*names):
@@ -273,12 +276,19 @@ def test_source_reliance_tells_whether_the_source_is_used(trainers):
 
   # Zero-initialised layers opened, except the cross-attention output projections: the denoiser
   # predicts something, but nothing of the source reaches it.
-  closed = train.source_reliance(trainer, randomise("out_conv"), pairs, seed=0)
-  assert closed["eps_mse"] == closed["eps_mse_other_source"]
-  assert abs(closed["eps_mse"] - 1.0) > 1e-3  # not the all-zero prediction of a fresh model
+  closed = train.source_swap(trainer, randomise("out_conv"), pairs, seed=0)
+  assert all(pairs["person_id"][j] != pairs["person_id"][i]
+             for i, j in enumerate(closed["partners"]))
+  np.testing.assert_array_equal(closed["samples"], closed["samples_swapped_source"])
+  assert closed["ssim"] == closed["ssim_swapped_source"]
+  assert closed["body_colour_error"] == closed["body_colour_error_swapped_source"] > 0
+  assert closed["body_x0_mse"] == closed["body_x0_mse_swapped_source"] > 0
   opened_params = randomise("out_conv", "proj_out")
-  opened = train.source_reliance(trainer, opened_params, pairs, seed=0)
-  assert opened["eps_mse"] != opened["eps_mse_other_source"]
-  assert opened == train.source_reliance(trainer, opened_params, pairs, seed=0)  # seeded
-  with pytest.raises(ValueError, match="at least 2 pairs"):
-    train.source_reliance(trainer, params, {k: v[:1] for k, v in pairs.items()}, seed=0)
+  opened = train.source_swap(trainer, opened_params, pairs, seed=0)
+  assert not np.array_equal(opened["samples"], opened["samples_swapped_source"])
+  assert opened["body_colour_error"] != opened["body_colour_error_swapped_source"]
+  assert opened["body_x0_mse"] != opened["body_x0_mse_swapped_source"]
+  again = train.source_swap(trainer, opened_params, pairs, seed=0)  # seeded: the same figures
+  assert all(again[k] == opened[k] for k in train.SUMMARY_METRICS)
+  with pytest.raises(ValueError, match="at least two identities"):
+    train.source_swap(trainer, params, dict(pairs, person_id=["a"] * 4), seed=0)

@@ -138,6 +138,19 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
     )
 
 
+def restyled(appearance: Appearance, *, build: float = 1.0, pattern_scale: float = 1.0
+             ) -> Appearance:
+    """The same look with limbs, shoulders and hips ``build`` times as wide and patterns
+    ``pattern_scale`` times as coarse (both 1 leave it unchanged)."""
+    if build <= 0 or pattern_scale <= 0:
+        raise ValueError(f"build and pattern_scale must be > 0, got {build} and {pattern_scale}")
+    a = appearance
+    return dataclasses.replace(
+        a, arm_width=a.arm_width * build, leg_width=a.leg_width * build,
+        shoulder_half=a.shoulder_half * build, hip_half=a.hip_half * build,
+        top_period=a.top_period * pattern_scale)
+
+
 def _arm_angle(rng: np.random.Generator) -> float:
     band = rng.choice(3, p=[0.5, 0.3, 0.2])
     return float(rng.uniform(*[(0, 35), (35, 100), (100, 165)][band]))
@@ -336,14 +349,21 @@ def _fit(fig: _Figure, a: Appearance, p: Pose, h: int, w: int) -> tuple[float, n
     return scale, np.array([ox, oy])
 
 
+def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A light background (float32 (height, width, 3), every value >= BACKGROUND_MIN)."""
+    return _background(rng, height, width)
+
+
 def render(appearance: Appearance, pose: Pose, height: int, width: int,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+           rng: np.random.Generator, backdrop: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Draws the person in ``pose`` on a light background.
 
     Args:
       appearance, pose: the identity and the pose.
       height, width: image size in pixels.
-      rng: draws the background (a little variation from image to image).
+      rng: draws the background (a little variation from image to image) unless ``backdrop``
+        (a ``background(...)`` of this size, e.g. one shared by all views of an identity) is given.
 
     Returns:
       (image (height, width, 3) uint8 RGB, keypoints (18, 2) float32 (x, y) pixels, -1 missing).
@@ -351,7 +371,11 @@ def render(appearance: Appearance, pose: Pose, height: int, width: int,
     a, p = appearance, pose
     fig = _figure(a, p)
     scale, origin = _fit(fig, a, p, height, width)
-    cv = _Canvas(_background(rng, height, width), scale, origin)
+    if backdrop is None:
+        backdrop = _background(rng, height, width)
+    elif backdrop.shape != (height, width, 3):
+        raise ValueError(f"backdrop must be ({height}, {width}, 3), got {backdrop.shape}")
+    cv = _Canvas(np.array(backdrop, np.float32), scale, origin)
     j = fig.joints
     top = _texture(cv, a.top, a.top_pattern, a.top_pattern_colour, a.top_period, j[NECK])
     bottom = _texture(cv, a.bottom, a.bottom_pattern, a.bottom_pattern_colour, a.top_period * 1.3,
