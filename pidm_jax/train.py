@@ -272,30 +272,6 @@ def ensure_dataset(config) -> None:
       multihost_utils.sync_global_devices("synthetic_people built")
 
 
-EVAL_PAIR_KEYS = PAIR_KEYS + ("target_keypoints",)
-
-
-def _fixed_eval_batch(eval_data, num_pairs: int) -> dict:
-  """The first ``num_pairs`` pairs of the evaluation split, as host NumPy float32 model inputs.
-
-  Also ``target_keypoints`` (the body regions of the source-swap evaluation) and ``person_id``
-  (a list of str: each pair's identity, or its source image's id where the data set has none).
-  """
-  from pidm_jax.sampling import gather  # pylint: disable=g-import-not-at-top
-  out = {k: [] for k in EVAL_PAIR_KEYS + ("index",)}
-  have = 0
-  for batch in eval_data:
-    mask = gather(batch["mask"]).astype(bool)
-    for k in out:
-      out[k].append(gather(batch[k])[mask])
-    have += int(mask.sum())
-    if have >= num_pairs:
-      break
-  pairs = encoding.to_model_inputs({k: np.concatenate(v)[:num_pairs] for k, v in out.items()})
-  pairs["person_id"] = eval_data.person_ids(pairs.pop("index"))
-  return pairs
-
-
 def sample_pairs(trainer: Trainer, params, pairs: dict, seed: int) -> np.ndarray:
   """Samples the targets of ``pairs`` from their sources with ``params`` (the config's sampler)."""
   from pidm_jax import sampling  # pylint: disable=g-import-not-at-top
@@ -493,7 +469,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start = int(state.step)
     if writer is not None and start == 0:
       writer.text("parameters", parameter_overview.get_parameter_overview(state.params))
-    sample_batch = _fixed_eval_batch(eval_data, tcfg.num_sample_pairs) if eval_data else None
+    sample_batch = None
+    if eval_data:
+      from pidm_jax.evaluation import source_swap as swap_lib  # pylint: disable=g-import-not-at-top
+      sample_batch = swap_lib.first_pairs(eval_data, tcfg.num_sample_pairs)
 
     summary = {"step": start}
     pending = []

@@ -41,6 +41,37 @@ METRIC_KEYS = ("ssim", "ssim_swapped_source", "ssim_copy_source", "body_colour_e
                "body_colour_error_swapped_source")
 
 
+PAIR_KEYS = ("source_image", "target_image", "source_pose", "target_pose", "target_keypoints")
+
+
+def first_pairs(eval_data, num_pairs: int) -> dict:
+  """The first ``num_pairs`` pairs of an evaluation split, as host NumPy float32 model inputs.
+
+  ``eval_data`` is an ``input_pipeline.pipeline.EvalData`` (batches padded to a fixed size, with
+  ``mask`` and ``index``; on multi-host runs each batch is gathered to every process). Besides the
+  images and pose maps: ``target_keypoints`` (for the body regions) and ``person_id`` (a list of
+  str: each pair's identity, or its source image's id where the data set has none).
+  """
+  from pidm_jax import encoding  # pylint: disable=g-import-not-at-top
+  from pidm_jax.sampling import gather  # pylint: disable=g-import-not-at-top
+  if num_pairs < 1:
+    raise ValueError(f"num_pairs must be at least 1, got {num_pairs}")
+  out = {k: [] for k in PAIR_KEYS + ("index",)}
+  have = 0
+  for batch in eval_data:
+    mask = gather(batch["mask"]).astype(bool)
+    for k in out:
+      out[k].append(gather(batch[k])[mask])
+    have += int(mask.sum())
+    if have >= num_pairs:
+      break
+  if not have:
+    raise ValueError("the evaluation split holds no pairs")
+  pairs = encoding.to_model_inputs({k: np.concatenate(v)[:num_pairs] for k, v in out.items()})
+  pairs["person_id"] = eval_data.person_ids(pairs.pop("index"))
+  return pairs
+
+
 def swap_partners(person_ids: Sequence[str]) -> np.ndarray:
   """For each pair i, the index j of a pair of another identity whose source replaces i's.
 
