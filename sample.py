@@ -1,7 +1,10 @@
 """Samples PIDM images: checkpoint + source image(s) + target pose(s) -> PNG files and a grid.
 
-  python sample.py --config=configs/default.py --checkpoint=ckpt/ --source=a.jpg --source=b.png \
+  python sample.py --checkpoint=ckpt/ --source=a.jpg --source=b.png \
       --pose=p.txt --pose=q.json --out=out/ --config.sample.steps=50 --seed=0
+
+The checkpoint's own config (stored with it) is used unless ``--config`` is given; overrides such as
+``--config.sample.steps=50`` apply either way.
 
 Every source is paired with every pose (``--pairing=all``) or position by position
 (``--pairing=paired``). Appearance control: ``--reference=person.png --mask=upper.png`` keeps the
@@ -16,8 +19,9 @@ from ml_collections import config_flags
 
 from pidm_jax import inference
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<x>.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/<x>.py); default: the config stored with --checkpoint. "
+    "A config whose model or diffusion differs from the stored one is refused.", lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint directory (EMA parameters).")
 _SOURCE = flags.DEFINE_multi_string("source", [], "Source image (repeatable).")
 _POSE = flags.DEFINE_multi_string("pose", [], "Target pose: keypoint file or (H, W, 20) .npy "
@@ -35,15 +39,17 @@ _POSE_FRAME = flags.DEFINE_enum("pose_frame", "source", list(inference.POSE_FRAM
                                 "Keypoint frame: the source image's pixels, the DeepFashion "
                                 "keypoint frame, or the network's pixels.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
-                               "(multi-host runs; each host reads the same files).")
+                               "(multi-host runs; each host reads the same files). Also done "
+                               "when the environment describes a multi-process run.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _MULTIHOST.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+  if _CONFIG.value is None:
+    sys.exit("error: no config: give --checkpoint (its stored config is used) or --config")
+  from pidm_jax import console  # pylint: disable=g-import-not-at-top
+  console.initialize_distributed(force=_MULTIHOST.value)
   try:
     inference.generate(
         _CONFIG.value, _CHECKPOINT.value, _SOURCE.value, _POSE.value, _OUT.value,
@@ -55,5 +61,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+  from pidm_jax import console  # pylint: disable=g-import-not-at-top
+  sys.argv = console.default_to_stored_config(sys.argv)  # --config defaults to the checkpoint's
   app.run(main)

@@ -1,6 +1,15 @@
-"""Packaging for pidm_jax: PIDM (pose-guided person image synthesis with diffusion) in JAX/Flax."""
+"""Packaging for pidm_jax: PIDM (pose-guided person image synthesis with diffusion) in JAX/Flax.
+
+Dependency floors are the versions the test suite passed with (Python 3.11, 2026-12-03; the exact
+set is ``constraints.txt``). OpenCV has an upper bound: the bit-exact pose maps depend on its
+drawing and resizing code, checked with 5.1; another major version is not trusted untested.
+Accelerators: ``pip install -e ".[gpu]"`` (NVIDIA, CUDA 12 wheels of the same JAX) or
+``pip install -e ".[tpu]"``; a plain install gives CPU-only JAX.
+"""
 
 from setuptools import find_packages, setup
+
+JAX = "0.10.2"  # the floor of jax and jaxlib (jax.set_mesh, flax 0.12.8's requirement)
 
 setup(
     name="pidm-jax",
@@ -11,31 +20,39 @@ setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="MIT",
+    license_files=["LICENSE", "NOTICE"],
     python_requires=">=3.11",
-    packages=find_packages(include=["pidm_jax", "pidm_jax.*", "input_pipeline", "input_pipeline.*"]),
+    packages=find_packages(include=["pidm_jax", "pidm_jax.*", "input_pipeline", "input_pipeline.*",
+                                    "configs"]),
     py_modules=[],
     install_requires=[
-        "jax>=0.6.2",
-        "flax>=0.12.0",
-        "optax>=0.2.5",
-        "orbax-checkpoint>=0.11.20",
-        "tensorflow-datasets>=4.9.9",
-        "importlib_resources>=6.0",
-        "array_record>=0.7.2",
-        "grain>=0.2.12",
-        "numpy>=1.26",
-        "ml_collections>=1.0.0",
+        f"jax>={JAX}",
+        f"jaxlib>={JAX}",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "tensorflow-datasets>=4.9.10",
+        "array_record>=0.8.6",
+        "grain>=0.2.18",
+        "numpy>=2.4",
+        "ml_collections>=1.1.0",
+        "ml_dtypes>=0.7.0",
         "clu>=0.0.12",
-        "absl-py>=2.1",
-        "tensorboardX>=2.6.2",
-        "opencv-python-headless>=4.9",
-        "pillow>=10.0",
-        "tqdm>=4.66",
-        "etils[epath]>=1.7",
-        "scipy>=1.11",
-        "scikit-image>=0.22",
+        "absl-py>=2.5.1",
+        "tensorboardX>=2.6.5",
+        "opencv-python-headless>=5.1,<6",
+        "pillow>=13.0",
+        "tqdm>=4.70",
+        "etils[epath]>=1.15",
+        "scipy>=1.17",
+        # CIELAB colour error of the source-swap evaluation (training's eval/ figures, the demo)
+        # and the Market-1501 masks.
+        "scikit-image>=0.26",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        "gpu": [f"jax[cuda12]>={JAX}"],
+        "tpu": [f"jax[tpu]>={JAX}"],
+        "test": ["pytest>=9.0", "pytest-xdist>=3.8"],
     },
 )

@@ -5,10 +5,9 @@ cluster): run the same command on every host; ``jax.distributed.initialize()`` i
 environment describes more than one process.
 """
 
-import json
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -22,28 +21,28 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
+  from pidm_jax import console  # pylint: disable=g-import-not-at-top
   from pidm_jax import train  # pylint: disable=g-import-not-at-top
 
-  if any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS",
-                                   "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")):
-    jax.distributed.initialize()
+  console.quiet_third_party()  # --verbosity=0 (-v 0) brings the libraries' INFO lines back
+  console.initialize_distributed()
   jax.config.update("jax_compilation_cache_dir",
                     os.environ.get("JAX_COMPILATION_CACHE_DIR",
                                    os.path.join(FLAGS.workdir, "jax_cache")))
-  logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__, jax.process_count(),
-               jax.device_count(), jax.devices()[0].device_kind)
+  console.say(f"JAX {jax.__version__}: {jax.process_count()} process(es), {jax.device_count()} "
+              f"device(s) ({jax.devices()[0].device_kind})")
   summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  if jax.process_index() == 0:
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    if "ssim" in summary:
-      print(f"test SSIM of the samples: {summary['ssim']:.4f}   with another person's source: "
-            f"{summary['ssim_swapped_source']:.4f}   copying the source image: "
-            f"{summary['ssim_copy_source']:.4f}")
-      print(f"colour error in the target's body region (CIELAB Delta E): "
-            f"{summary['body_colour_error']:.2f} from the own source, "
-            f"{summary['body_colour_error_swapped_source']:.2f} from another person's source")
-      print(f"grids: {summary['grid']} and {summary['swap_grid']}; figures in "
-            f"{os.path.join(FLAGS.workdir, 'summary.json')}")
+  if "ssim" in summary:
+    shown = lambda path: os.path.join(FLAGS.workdir, "samples", os.path.basename(path))
+    console.say(f"test SSIM of the samples: {summary['ssim']:.4f}   with another person's "
+                f"source: {summary['ssim_swapped_source']:.4f}   copying the source image: "
+                f"{summary['ssim_copy_source']:.4f}")
+    console.say(f"colour error in the target's body region (CIELAB Delta E): "
+                f"{summary['body_colour_error']:.2f} from the own source, "
+                f"{summary['body_colour_error_swapped_source']:.2f} from another person's source")
+    console.say(f"grids: {shown(summary['grid'])} and {shown(summary['swap_grid'])}")
+  console.say(f"{summary['steps']} steps in {console.hms(summary['train_seconds'])}; all figures "
+              f"in {os.path.join(FLAGS.workdir, 'summary.json')}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """Peak compute rates of accelerators and the model-FLOP counts of the paper's network.
 
-Peak rates are dense bfloat16 matrix TFLOP/s per device (chip) from the vendors' data sheets:
-H100 and H200 SXM 989, A100 312, TPU v4 275, v5e 197, v5p 459, v6e (Trillium) 918. A CPU has no
-entry; its peak is given on the command line (``--cpu_peak_tflops``).
+Peak rates are dense (not 2:4-sparse) bfloat16 matrix TFLOP/s per device (chip) from the vendors'
+data sheets: H100 SXM 989, H100 PCIe 756, H100 NVL 835, H200 SXM 989, H200 NVL 835, B200 2250,
+A100 (40 and 80 GB, SXM and PCIe) 312, TPU v4 275, v5e 197, v5p 459, v6e (Trillium) 918, TPU7x
+(Ironwood) 2307. A device kind is matched whole (after lower-casing and folding runs of spaces,
+hyphens and underscores), never as a substring, so a variant the table does not know (an H100 of a
+new form factor, say) gets no peak rather than another variant's. A CPU has no entry; its peak is
+given on the command line (``--cpu_peak_tflops``).
 
 Model FLOPs (reference: published_results.md): the paper's network costs about 700 GFLOP per
 256x256 forward (texture encoder 140, denoiser 559), about 2.1 TFLOP per training sample (forward
@@ -13,22 +17,34 @@ the pixel count; the counts apply to the paper's architecture only.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
-# (substring of jax's lower-cased device_kind, name, bf16 dense TFLOP/s per device); the first
-# match wins, so more specific names come first.
+# (regular expression matched against the whole normalised device kind, name, bf16 dense TFLOP/s
+# per device). The kinds are the strings ``jax.Device.device_kind`` reports (the CUDA device name
+# on GPUs, e.g. 'NVIDIA H100 80GB HBM3' for the SXM module, 'NVIDIA H100 PCIe', 'NVIDIA H100 NVL').
 PEAK_TFLOPS = (
-    ("h200", "H200", 989.0),
-    ("h100", "H100", 989.0),
-    ("a100", "A100", 312.0),
-    ("v6 lite", "TPU v6e", 918.0),
-    ("v6e", "TPU v6e", 918.0),
-    ("v5 lite", "TPU v5e", 197.0),
-    ("v5e", "TPU v5e", 197.0),
-    ("v5p", "TPU v5p", 459.0),
-    ("tpu v5", "TPU v5p", 459.0),
-    ("tpu v4", "TPU v4", 275.0),
+    (r"nvidia h100 (sxm5? )?(80gb|94gb|64gb) hbm(2e|3)", "H100 SXM", 989.0),
+    (r"nvidia h100 sxm5?( \d+gb)?", "H100 SXM", 989.0),
+    (r"nvidia h100 pcie( \d+gb)?", "H100 PCIe", 756.0),
+    (r"nvidia h100 nvl( \d+gb)?", "H100 NVL", 835.0),
+    (r"nvidia h200( sxm| 141gb hbm3e)?", "H200 SXM", 989.0),
+    (r"nvidia h200 nvl", "H200 NVL", 835.0),
+    (r"nvidia b200", "B200", 2250.0),
+    (r"nvidia a100 (sxm4? |pcie )?(40|80)gb( pcie)?", "A100", 312.0),
+    (r"nvidia a100 (sxm4?|pcie)", "A100", 312.0),
+    (r"tpu v4", "TPU v4", 275.0),
+    (r"tpu v5 ?(lite|e|litepod)", "TPU v5e", 197.0),
+    (r"tpu v5p?", "TPU v5p", 459.0),
+    (r"tpu v6 ?(lite|e)", "TPU v6e", 918.0),
+    (r"tpu ?(v)?7x?", "TPU7x", 2307.0),
 )
+
+
+def normalise_kind(device_kind: str) -> str:
+  """Lower case, runs of spaces / hyphens / underscores folded to one space, ends stripped."""
+  return re.sub(r"[\s_\-]+", " ", device_kind.lower()).strip()
+
 
 PAPER_FORWARD_FLOPS = 700e9  # one 256x256 forward: encoder + denoiser
 PAPER_TRAIN_FLOPS_PER_SAMPLE = 2.1e12  # forward + backward, one sample at 256x256
@@ -49,11 +65,11 @@ def peak_tflops(device_kind: str, platform: str,
     platform: ``jax.Device.platform`` ('gpu', 'tpu', 'cpu').
     cpu_peak_tflops: the CPU's peak, given by the user (CPUs have no table entry).
   """
-  kind = device_kind.lower()
   if platform == "cpu":
     return f"CPU ({device_kind})", cpu_peak_tflops
-  for key, name, peak in PEAK_TFLOPS:
-    if key in kind:
+  kind = normalise_kind(device_kind)
+  for pattern, name, peak in PEAK_TFLOPS:
+    if re.fullmatch(pattern, kind):
       return name, peak
   return device_kind, None
 

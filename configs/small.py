@@ -1,27 +1,30 @@
 """A small PIDM for the CPU demo: 32x32 synthetic studio people, base width 8, 3 levels, float32.
 
 Same wiring as the paper's model (``configs/default.py``), much narrower and shallower so that a
-2-core CPU trains it in minutes (0.071 s per step of 8 samples on an idle 2-core machine). Every
-departure from the paper's recipe below was chosen by measurement on the 16 fixed test pairs, by
-sampling each target pose twice with the same noise, once from the pair's own source and once from
-another identity's (``pidm_jax.evaluation.source_swap``): SSIM own / swapped / copying the source,
-and the CIELAB Delta E76 colour error inside the target's body mask, own / swapped.
+2-core CPU trains it in minutes (0.118 s per step of 8 samples in the demo on an idle 2-core
+machine, input pipeline included). Every departure from the paper's recipe below was chosen by
+measurement on the 16 fixed test pairs, by sampling each target pose twice with the same noise,
+once from the pair's own source and once from another identity's
+(``pidm_jax.evaluation.source_swap``): SSIM own / swapped / copying the source, and the CIELAB
+Delta E76 colour error inside the target's body mask, own / swapped.
 
 What made the texture path learn (the model must use its source image, not only draw a figure):
 
 * data ``synthetic_people/studio32``: 4,000 training identities (the former ``res64`` demo set had
   200, which a network can memorise as a mixture of looks), one fixed studio background shared by
   source and target (so the only thing the source tells is the person), broader figures and larger
-  garment patterns, 32x32. At 64x64 the same network did not open the texture path within a 10-minute
-  budget: ``res64`` for 1,600 steps scored SSIM 0.7494 / 0.7494 (own / swapped source) and Delta E
-  50.47 / 50.48, identical; ``studio64`` with per-identity backgrounds 0.7165 / 0.7148 and Delta E
-  50.75 / 51.45; ``studio64`` with the fixed background and the high-noise mixture below still had
-  the x0 error at t >= 0.8 T equal own vs swapped (ratio 1.000) after 1,000 steps. At 32x32 a step
-  costs 0.071 s instead of 0.27 s, so 6,000 steps fit the budget.
+  garment patterns, 32x32. At 64x64 the same network did not open the texture path within a
+  10-minute budget: ``res64`` for 1,600 steps (0.27 s per step) scored SSIM 0.7494 / 0.7494 (own
+  / swapped source) and Delta E 50.47 / 50.48, identical; ``studio64`` with per-identity
+  backgrounds 0.7165 / 0.7148 and Delta E 50.75 / 51.45; ``studio64`` with the fixed background
+  and the high-noise mixture below still had the x0 error at t >= 0.8 T equal own vs swapped
+  (ratio 1.000) after 1,000 steps. At 32x32 a step costs about a quarter as much, so 6,000 steps
+  fit the budget.
 * ``train.high_noise_fraction = 0.25``: a quarter of each batch's timesteps drawn from [0.8 T, T),
   where x_t shows almost nothing of the image and the source is the only clue to the colours.
   0.5 scored SSIM 0.7185 / 0.6271 and Delta E 36.71 / 52.55 (ratio 0.70, fails the 0.6 goal);
-  0.25 scored 0.7342 / 0.6320 and Delta E 31.45 / 51.23 (ratio 0.61).
+  0.25 scored 0.7342 / 0.6320 and Delta E 31.45 / 51.23 (ratio 0.61); uniform timesteps (the
+  official recipe, 0.0, with guidance 2) only 0.6720 / 0.6169 and Delta E 43.44 / 52.52 (0.83).
 * classifier-free guidance ``sample.guidance_scale = 2.0`` (the paper's sampling value; training
   drops the source with ``model.cond_drop_prob = 0.1`` as the paper does): on the 0.25 model it
   widens the gap, SSIM 0.7277 / 0.5886 and Delta E 32.79 / 59.49 (ratio 0.55).

@@ -179,6 +179,55 @@ def restore_ema_params(directory, model_config, *, mesh=None, config=None,
     mngr.close()
 
 
+# Model fields that do not change what a checkpoint's network computes, only how it runs or trains:
+# they may differ between the config a checkpoint was written with and the one that loads it.
+RUNTIME_MODEL_FIELDS = frozenset({"dtype", "param_dtype", "remat", "attention_implementation",
+                                  "dropout", "cond_drop_prob", "pose_drop_prob"})
+
+
+class ConfigMismatchError(ValueError):
+  """A given config's model or diffusion differs from the one stored with a checkpoint."""
+
+
+def _comparable(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_comparable(v) for v in value)
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  return value
+
+
+def config_mismatches(stored: dict, config, sections=("model", "diffusion")) -> list[str]:
+  """``section.field: stored X, given Y`` for each ``model`` / ``diffusion`` field that differs
+  between a stored config (a dict, as ``read_config_json`` returns it) and ``config``. Fields
+  absent from the stored config (older runs) and ``RUNTIME_MODEL_FIELDS`` are not compared."""
+  given = config_to_json(config)
+  lines = []
+  for section in sections:
+    old, new = stored.get(section) or {}, given.get(section) or {}
+    for key in sorted(old):
+      if section == "model" and key in RUNTIME_MODEL_FIELDS:
+        continue
+      if _comparable(old[key]) != _comparable(new.get(key)):
+        lines.append(f"{section}.{key}: stored {old[key]!r}, given {new.get(key)!r}")
+  return lines
+
+
+def check_config(directory, config, sections=("model", "diffusion")) -> None:
+  """Raises ConfigMismatchError, one line per differing field, when ``config``'s model or
+  diffusion differs from the config stored beside the checkpoint in ``directory``; a checkpoint
+  without a stored config passes."""
+  stored = read_config_json(directory)
+  if stored is None:
+    return
+  lines = config_mismatches(stored, config, sections)
+  if lines:
+    raise ConfigMismatchError(
+        f"checkpoint {directory} was written with another {' or '.join(sections)} than the given "
+        f"config ({len(lines)} field(s); drop the override or use the run's own config):\n  "
+        + "\n  ".join(lines))
+
+
 def _placeholder_value(x):
   """Concrete values for the non-parameter state of an eval-mode model (dropout RNG streams)."""
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -187,7 +236,12 @@ def _placeholder_value(x):
 
 
 def load_model(directory, config, *, mesh=None, step: int | None = None) -> nnx.Module:
-  """A PIDM in eval mode holding the EMA parameters of a checkpoint, sharded on ``mesh``."""
+  """A PIDM in eval mode holding the EMA parameters of a checkpoint, sharded on ``mesh``.
+
+  Raises ConfigMismatchError (before anything is restored or compiled) when ``config``'s model or
+  diffusion differs from the config stored with the checkpoint (see ``check_config``).
+  """
+  check_config(directory, config)
   model = abstract_model(config.model)
   params = restore_ema_params(directory, config.model, mesh=mesh, config=config, step=step)
   graphdef, abstract_state, rest = nnx.split(model, nnx.Param, ...)

@@ -1,7 +1,10 @@
 """Generates a whole evaluation split with the official output naming, for the evaluation protocol.
 
-  python -m pidm_jax.generate --config=configs/default.py --checkpoint=ckpt/ --out=gen/ \
-      [--split=test] [--write_ground_truth] [--config.sample.steps=100] [--overwrite]
+  python -m pidm_jax.generate --checkpoint=ckpt/ --out=gen/ [--config=configs/<x>.py] \
+      [--split=test] [--write_ground_truth] [--config.sample.steps=100] [--overwrite] \
+      [--source_swap_pairs=16]
+
+(the checkpoint's stored config is used unless ``--config`` is given)
 
 then ``python -m pidm_jax.evaluate --generated gen --ground_truth gen/ground_truth ...``.
 
@@ -96,6 +99,7 @@ class Result:
   sampled_batches: int
   written: int
   seconds: float
+  source_swap: dict | None = None  # the source-swap figures, with ``source_swap_pairs``
 
 
 def sample_to_uint8(images) -> np.ndarray:
@@ -125,7 +129,7 @@ def _agree(flags: np.ndarray) -> np.ndarray:
 def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str = "test",
                    write_ground_truth: bool = False, ground_truth_dir: str | None = None,
                    overwrite: bool = False, model=None, mesh=None, progress: bool = True,
-                   log=print) -> Result:
+                   source_swap_pairs: int = 0, log=print) -> Result:
   """Samples every pair of ``split`` and writes the PNGs (see the module docstring).
 
   Args:
@@ -139,6 +143,11 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
     model: an already loaded PIDM (skips the checkpoint).
     mesh: the device mesh (default: from ``config.mesh``).
     progress: a progress bar on process 0.
+    source_swap_pairs: if positive, also run the source-swap evaluation
+      (``pidm_jax.evaluation.source_swap``) on the first this many pairs of the split: each target
+      pose sampled with the same noise from its own source and from another identity's; the
+      figures (SSIM own / swapped / copying the source, body-region CIELAB colour error own /
+      swapped) are logged, returned and written to ``<out_dir>/source_swap.json``.
     log: where the summary line goes.
 
   A (source, target) pair listed more than once is written once.
@@ -155,6 +164,8 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
   from pidm_jax.diffusion import GaussianDiffusion  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
+  if source_swap_pairs < 0:
+    raise ValueError(f"source_swap_pairs must be >= 0, got {source_swap_pairs}")
   options = sampling.SamplerOptions.from_config(config.sample)
   if mesh is None:
     mesh = sharding.create_mesh(config.mesh)
@@ -199,7 +210,7 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
       todo = np.array([not all(map(os.path.exists, batch_files(k)))
                        for k in range(eval_data.num_batches)], bool)
   todo = _agree(todo)
-  if not todo.any():
+  if not todo.any() and not source_swap_pairs:
     log(f"all {n} pairs of split {split!r} are already in {out_dir}; nothing to do "
         "(--overwrite redoes them)")
     return Result(out_dir, ground_truth_dir, n, eval_data.num_batches, batch_size, 0, 0,
@@ -250,12 +261,44 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
         bar.update(1)
   if bar is not None:
     bar.close()
-  seconds = time.perf_counter() - start
   log(f"wrote {written} of {n} pairs of split {split!r} to {out_dir} ({sampled} of "
       f"{eval_data.num_batches} batches of {batch_size} sampled, {options.algorithm} "
-      f"{sampler.plan.num_steps} steps, {seconds:.1f} s)")
+      f"{sampler.plan.num_steps} steps, {time.perf_counter() - start:.1f} s)")
+  swap = None
+  if source_swap_pairs:
+    swap = _source_swap(model, GaussianDiffusion.from_config(config.diffusion), options,
+                        eval_data, source_swap_pairs, key, out_dir if primary else None, log)
   return Result(out_dir, ground_truth_dir, n, eval_data.num_batches, batch_size, sampled, written,
-                seconds)
+                time.perf_counter() - start, swap)
+
+
+def _source_swap(model, diffusion, options, eval_data, num_pairs: int, key, out_dir, log) -> dict:
+  """The source-swap evaluation of ``model`` on the first ``num_pairs`` pairs of ``eval_data``."""
+  import json  # pylint: disable=g-import-not-at-top
+  from pidm_jax import sampling  # pylint: disable=g-import-not-at-top
+  from pidm_jax.evaluation import source_swap as swap_lib  # pylint: disable=g-import-not-at-top
+  pairs = swap_lib.first_pairs(eval_data, num_pairs)
+  sampler = sampling.get_sampler(diffusion, options)  # a few pairs: one device, no padding
+  swap_key = jax.random.fold_in(key, 2**30)  # not the key of any generated batch
+
+  def sample(source, pose):
+    images = sampler(model, {"source": jax.numpy.asarray(source),
+                             "pose": jax.numpy.asarray(pose)}, swap_key)
+    return np.clip(np.asarray(jax.device_get(images)), -1.0, 1.0)
+
+  result = swap_lib.evaluate(sample, pairs, pairs["person_id"])
+  figures = {k: result[k] for k in swap_lib.METRIC_KEYS}
+  figures.update(num_pairs=len(pairs["person_id"]), partners=np.asarray(
+      result["partners"]).tolist())
+  log(f"source swap on {figures['num_pairs']} pairs: SSIM {figures['ssim']:.4f} with the own "
+      f"source, {figures['ssim_swapped_source']:.4f} with another person's "
+      f"(copying the source: {figures['ssim_copy_source']:.4f}); body-region colour error "
+      f"(CIELAB Delta E) {figures['body_colour_error']:.2f} vs "
+      f"{figures['body_colour_error_swapped_source']:.2f}")
+  if out_dir is not None:
+    with open(os.path.join(out_dir, "source_swap.json"), "w") as f:
+      json.dump(figures, f, indent=2, sort_keys=True)
+  return figures
 
 
 def main(argv):
@@ -263,12 +306,15 @@ def main(argv):
   from absl import app  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.multihost:
-    jax.distributed.initialize()
+  from pidm_jax import console  # pylint: disable=g-import-not-at-top
+  if FLAGS.config is None:
+    console.fail("no config: give --checkpoint (its stored config is used) or --config")
+  console.initialize_distributed(force=FLAGS.multihost)
   try:
     generate_split(FLAGS.config, FLAGS.checkpoint, FLAGS.out, split=FLAGS.split,
                    write_ground_truth=FLAGS.write_ground_truth,
-                   ground_truth_dir=FLAGS.ground_truth_dir, overwrite=FLAGS.overwrite)
+                   ground_truth_dir=FLAGS.ground_truth_dir, overwrite=FLAGS.overwrite,
+                   source_swap_pairs=FLAGS.source_swap_pairs)
   except (FileNotFoundError, ValueError) as e:  # bad data set, split, checkpoint or config
     sys.exit("error: " + " ".join(str(e).split()))
 
@@ -277,14 +323,23 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/<x>.py).", lock_config=True)
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file (configs/<x>.py); default: the config stored with --checkpoint. "
+      "A config whose model or diffusion differs from the stored one is refused.",
+      lock_config=True)
   flags.DEFINE_string("checkpoint", None, "Checkpoint directory (EMA parameters).")
   flags.DEFINE_string("out", None, "Folder of the generated images.")
   flags.DEFINE_string("split", "test", "TFDS split to generate.")
   flags.DEFINE_bool("write_ground_truth", False, "Also write the target images for the evaluation.")
   flags.DEFINE_string("ground_truth_dir", None, "Where (default: <out>/ground_truth).")
   flags.DEFINE_bool("overwrite", False, "Redo batches whose files already exist.")
-  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+  flags.DEFINE_integer("source_swap_pairs", 0, "Also run the source-swap evaluation on the first "
+                       "this many pairs (own vs another identity's source, same noise); writes "
+                       "<out>/source_swap.json.")
+  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (also done "
+                    "when the environment describes a multi-process run).")
   FLAGS = flags.FLAGS
-  flags.mark_flags_as_required(["config", "checkpoint", "out"])
+  flags.mark_flags_as_required(["checkpoint", "out"])
+  from pidm_jax import console  # pylint: disable=g-import-not-at-top
+  sys.argv = console.default_to_stored_config(sys.argv)  # --config defaults to the checkpoint's
   app.run(main)

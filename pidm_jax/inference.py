@@ -377,7 +377,9 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
     try:
       model = checkpointing.load_model(checkpoint, config, mesh=mesh)
     except (FileNotFoundError, ValueError) as e:
-      message = " ".join(str(e).split())
+      # one line, except a config mismatch: one line per differing field
+      message = (str(e) if isinstance(e, checkpointing.ConfigMismatchError)
+                 else " ".join(str(e).split()))
       if os.fspath(checkpoint) not in message:
         message = f"checkpoint {checkpoint}: {message}"
       raise InputError(message) from None

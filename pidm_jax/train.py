@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from PIL import Image
 
+from pidm_jax import console
 from pidm_jax import encoding
 from pidm_jax import sharding as sharding_lib
 from pidm_jax import diffusion as diffusion_lib
@@ -265,8 +266,15 @@ def ensure_dataset(config) -> None:
   build.register(name)
   if not build.builder(name, config.data.get("data_dir")).is_prepared():
     if jax.process_index() == 0:
-      logging.info("building %s (procedural, no download)", name)
-      build.build(name, config.data.get("data_dir"))
+      console.say(f"building {name} (procedural, no download)")
+      t0 = time.time()
+      if not console.verbosity_requested():
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+        tfds.disable_progress_bar()  # TFDS's own bars; --verbosity brings them back
+      built = build.build(name, config.data.get("data_dir"))
+      splits = sorted(built.info.splits.items())
+      console.say(f"built {name} in {time.time() - t0:.0f} s: " + ", ".join(
+          f"{split} {info.num_examples} pairs" for split, info in splits))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices("synthetic_people built")
@@ -402,7 +410,7 @@ def _apply_jit(graphdef, state, *inputs):
 def _log_once(message: str) -> None:
   if message not in _LOGGED:
     _LOGGED.add(message)
-    logging.info(message)
+    console.say(message)
 
 
 @functools.lru_cache(maxsize=2)
@@ -441,8 +449,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tcfg = config.train
   mesh = sharding_lib.create_mesh(config.mesh)
   check_batch_size(tcfg.batch_size, mesh)
-  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
-               jax.process_count())
+  console.say(f"mesh {dict(mesh.shape)} over {mesh.size} device(s) of kind "
+              f"{mesh.devices.flat[0].device_kind!r}, {jax.process_count()} process(es)")
   ensure_dataset(config)
   # The abstract model is built outside the mesh context: its parameters carry logical axis
   # names, which the Trainer maps to mesh axes itself.
@@ -456,12 +464,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # Resume order: this workdir's newest checkpoint, else given initial weights, else scratch.
     if ckpt.latest_step() is not None:
       state = ckpt.restore(trainer.abstract_state, train_iter)
-      logging.info("resumed from step %d", int(state.step))
+      console.say(f"resumed from step {int(state.step)} of {ckpt.directory}")
     elif tcfg.get("init_checkpoint"):
+      # The network must be the same; another diffusion (say, fine-tuning eps weights as v) is
+      # the user's choice and said.
+      checkpointing.check_config(tcfg.init_checkpoint, config, sections=("model",))
+      stored = checkpointing.read_config_json(tcfg.init_checkpoint)
+      for line in checkpointing.config_mismatches(stored or {}, config, ("diffusion",)):
+        logging.warning("init_checkpoint %s: %s", tcfg.init_checkpoint, line)
       params = checkpointing.restore_ema_params(tcfg.init_checkpoint, config.model, mesh=mesh,
                                                 config=config)
       state = trainer.state_from_params(params, config.seed)
-      logging.info("initialised from %s", tcfg.init_checkpoint)
+      console.say(f"initialised from {tcfg.init_checkpoint}")
     else:
       state = trainer.init_state(config.seed)
 
@@ -479,12 +493,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     skipped = 0
     t_last, step_last = time.time(), start
     t_start = time.time()
+    progress = console.Progress(tcfg.num_train_steps)  # rate and ETA: compile and pauses left out
     with _Preemption() as preempt:
       step = start
       while step < tcfg.num_train_steps:
         batch = next(train_iter)
         state, metrics = trainer.train_step(state, batch)
         step += 1
+        if not progress.started:  # the first call of this run compiled the step
+          progress.start(step)
         pending.append(metrics)
         log_now = step % tcfg.log_every == 0 or step == tcfg.num_train_steps
         save_now = tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0
@@ -500,28 +517,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 f"non-finite loss or gradient at step {bad[0]}; the last good checkpoint is "
                 f"step {ckpt.latest_step()} in {ckpt.directory}")
           now = time.time()
-          rate = (step - step_last) / max(now - t_last, 1e-9)
+          rate = progress.rate(step)
+          if rate is None:  # no stepping time measured yet (the first interval): wall clock
+            rate = (step - step_last) / max(now - t_last, 1e-9)
           t_last, step_last = now, step
           means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
           skipped += len(bad)
           means["nonfinite_steps_skipped"] = float(skipped)  # in this run so far
           means.update(steps_per_second=rate, samples_per_second=rate * tcfg.batch_size)
-          eta = (tcfg.num_train_steps - step) / max(rate, 1e-9)
           summary.update(means, step=step)
           if writer is not None:
             writer.scalars(step, means)
-            logging.info("step %d/%d loss %.4f (mse %.4f vb %.4f) %.2f steps/s ETA %s", step,
-                         tcfg.num_train_steps, means["loss"], means["mse"], means["vb"], rate,
-                         _hms(eta))
+          console.say(progress.line(step, rate, loss=means["loss"], mse=means["mse"],
+                                    vb=means["vb"]))
           if jax.process_count() > 1:
             stop = _any_process(preempt.requested)  # a collective: only at logging steps
         if jax.process_count() == 1:
           stop = preempt.requested
         if save_now or stop:
-          ckpt.save(step, state, train_iter, force=stop)
+          with progress.paused():
+            ckpt.save(step, state, train_iter, force=stop)
         if (sample_batch is not None and tcfg.sample_every and step % tcfg.sample_every == 0
             and step < tcfg.num_train_steps):
-          _sample_and_log(trainer, state, sample_batch, step, workdir, writer, config.seed)
+          with progress.paused():
+            _sample_and_log(trainer, state, sample_batch, step, workdir, writer, config.seed)
         if stop:
           ckpt.wait()
           logging.warning("stopped at step %d after a termination signal; checkpoint saved", step)
@@ -578,18 +597,13 @@ def _sample_and_log(trainer, state, pairs, step, workdir, writer, seed) -> dict:
     writer.scalars(step, {f"eval/{k}": v for k, v in quality.items()})
     extra = "".join(f", {k} {quality[k]:.4f}" for k in ("lpips", "fid_small_sample")
                     if k in quality)
-    logging.info("step %d: test SSIM %.4f (swapped source %.4f, copying the source %.4f), body "
-                 "colour error %.2f (swapped source %.2f)%s; grids %s, %s", step, quality["ssim"],
-                 quality["ssim_swapped_source"], quality["ssim_copy_source"],
-                 quality["body_colour_error"], quality["body_colour_error_swapped_source"], extra,
-                 paths["step"], paths["swap_step"])
+    console.say(f"step {step}: test SSIM {quality['ssim']:.4f} (swapped source "
+                f"{quality['ssim_swapped_source']:.4f}, copying the source "
+                f"{quality['ssim_copy_source']:.4f}), body colour error "
+                f"{quality['body_colour_error']:.2f} (swapped source "
+                f"{quality['body_colour_error_swapped_source']:.2f}){extra}")
     quality["grid"], quality["swap_grid"] = paths["step"], paths["swap_step"]
   return quality
-
-
-def _hms(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class _Writer:

@@ -23,14 +23,27 @@ peaks = run.peaks
 
 
 @pytest.mark.parametrize("kind, platform, name, peak", [
-    ("NVIDIA H100 80GB HBM3", "gpu", "H100", 989.0),
-    ("NVIDIA H200", "gpu", "H200", 989.0),
+    ("NVIDIA H100 80GB HBM3", "gpu", "H100 SXM", 989.0),
+    ("NVIDIA H100 PCIe", "gpu", "H100 PCIe", 756.0),
+    ("NVIDIA H100 NVL", "gpu", "H100 NVL", 835.0),
+    ("NVIDIA H200", "gpu", "H200 SXM", 989.0),
+    ("NVIDIA H200 NVL", "gpu", "H200 NVL", 835.0),
+    ("NVIDIA B200", "gpu", "B200", 2250.0),
     ("NVIDIA A100-SXM4-40GB", "gpu", "A100", 312.0),
+    ("NVIDIA A100-SXM4-80GB", "gpu", "A100", 312.0),
+    ("NVIDIA A100-PCIE-40GB", "gpu", "A100", 312.0),
+    ("NVIDIA A100 80GB PCIe", "gpu", "A100", 312.0),
     ("TPU v4", "tpu", "TPU v4", 275.0),
     ("TPU v5 lite", "tpu", "TPU v5e", 197.0),
     ("TPU v5", "tpu", "TPU v5p", 459.0),
+    ("TPU v5p", "tpu", "TPU v5p", 459.0),
     ("TPU v6 lite", "tpu", "TPU v6e", 918.0),
+    ("TPU7x", "tpu", "TPU7x", 2307.0),
+    # unknown kinds get no peak, also those that merely contain a known name
     ("NVIDIA GeForce RTX 4090", "gpu", "NVIDIA GeForce RTX 4090", None),
+    ("NVIDIA H100 PCIe MIG 1g.10gb", "gpu", "NVIDIA H100 PCIe MIG 1g.10gb", None),
+    ("NVIDIA H1000", "gpu", "NVIDIA H1000", None),
+    ("TPU v4 lite", "tpu", "TPU v4 lite", None),
 ])
 def test_peak_table(kind, platform, name, peak):
   assert peaks.peak_tflops(kind, platform) == (name, peak)

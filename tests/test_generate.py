@@ -1,6 +1,7 @@
 """Tests of pidm_jax.generate (test-split generation, official names) and of the LPIPS/FID part of
 train.sample_quality (metrics of the samples drawn during training)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -174,6 +175,27 @@ def test_every_pair_once_resume_and_evaluation(setup, tmp_path, monkeypatch):
   assert (result.sampled_batches, result.written) == (1, 4)
   np.testing.assert_array_equal(np.asarray(Image.open(out / victim)), before)
   np.testing.assert_array_equal(np.asarray(Image.open(out / names[0])), first)
+  assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == names
+
+  # the source-swap evaluation on a finished folder: nothing regenerated, the figures written
+  result = generate.generate_split(config, str(root / "ckpt"), str(out), mesh=mesh,
+                                   progress=False, source_swap_pairs=6, log=logs.append)
+  assert (result.sampled_batches, result.written) == (0, 0)
+  swap = result.source_swap
+  with open(out / "source_swap.json") as f:
+    assert json.load(f) == swap
+  assert swap["num_pairs"] == 6 and len(swap["partners"]) == 6
+  source = tfds.data_source(f"synthetic_people/{DATA.name}", data_dir=str(root / "tfds"),
+                            split="test")
+  person = [source[i]["person_id"] for i in range(6)]
+  assert all(person[i] != person[j] for i, j in enumerate(swap["partners"]))
+  assert 0.0 < swap["ssim_copy_source"] < 1.0
+  for k in ("ssim", "ssim_swapped_source", "body_colour_error",
+            "body_colour_error_swapped_source"):
+    assert np.isfinite(swap[k])
+  # the same noise for both: a random model's samples still differ with the source
+  assert swap["body_colour_error"] != swap["body_colour_error_swapped_source"]
+  assert any(line.startswith("source swap on 6 pairs: SSIM ") for line in logs)
   assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == names
 
   with pytest.raises(ValueError, match="no split 'validation'"):

@@ -133,13 +133,39 @@ def test_pose_files_of_every_format(files):
 # End to end
 
 
-def _run_cli(*args):
+def _run_cli(*args, config=os.path.join(ROOT, "configs", "tiny.py")):
   # one CPU device: the smallest program to compile (sharded sampling is tested elsewhere)
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  return subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"),
-                         f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", *args],
+  config_flag = [f"--config={config}"] if config else []
+  return subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), *config_flag, *args],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_sample_py_uses_the_checkpoints_own_config(files, tmp_path):
+  """A v-prediction checkpoint samples without --config exactly as with its own config, and an
+  eps config is refused, naming the field, before anything compiles."""
+  config = tiny.get_config()
+  config.diffusion.prediction = "v"
+  checkpointing.save_params(tmp_path / "v_ckpt", _randomised_params(config, seed=4), config)
+  args = [f"--checkpoint={tmp_path / 'v_ckpt'}", f"--source={files / 'a.jpg'}",
+          f"--pose={files / 'poses' / 'p.txt'}", "--config.sample.steps=2", "--seed=1"]
+  result = _run_cli(*args, f"--out={tmp_path / 'stored'}", config=None)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config.sample.steps = 2
+  inference.generate(config, str(tmp_path / "v_ckpt"), [str(files / "a.jpg")],
+                     [str(files / "poses" / "p.txt")], str(tmp_path / "own"), seed=1,
+                     mesh=_mesh(1), progress=False)
+  np.testing.assert_array_equal(_read_png(tmp_path / "stored" / "a_to_p.png"),
+                                _read_png(tmp_path / "own" / "a_to_p.png"))
+
+  refused = _run_cli(*args, f"--out={tmp_path / 'refused'}")  # configs/tiny.py predicts eps
+  assert refused.returncode != 0
+  err = refused.stderr.strip().splitlines()
+  assert err[-1].strip() == "diffusion.prediction: stored 'v', given 'eps'", err[-5:]
+  assert "was written with another model or diffusion" in refused.stderr
+  assert "compiled in" not in refused.stdout + refused.stderr
+  assert not (tmp_path / "refused").exists() or not os.listdir(tmp_path / "refused")
 
 
 def test_sample_py_writes_pngs_and_grid(files, tmp_path):
@@ -237,8 +263,18 @@ def test_image_size_the_model_cannot_take(files, tmp_path, no_compile):
 def test_checkpoint_of_another_model(files, tmp_path, no_compile):
   config = tiny.get_config()
   config.model.base_width = 64
-  with pytest.raises(inference.InputError, match=r"ckpt.*does not match the model config"):
+  # refused from the config stored with the checkpoint, one line per differing field
+  with pytest.raises(inference.InputError,
+                     match=r"ckpt was written with another model or diffusion(.|\n)*\n  "
+                           r"model.base_width: stored \d+, given 64$"):
     _generate(files, tmp_path, config)
+  # without a stored config, the restore itself finds the parameters that do not fit
+  os.remove(files / "ckpt" / "config.json")
+  try:
+    with pytest.raises(inference.InputError, match=r"ckpt.*does not match the model config"):
+      _generate(files, tmp_path, config)
+  finally:
+    checkpointing.write_config_json(files / "ckpt", tiny.get_config())
 
 
 def test_sample_py_error_is_one_line(files, tmp_path):

@@ -1,0 +1,157 @@
+"""What the command-line tools print, and how they start: one convention for every entry point.
+
+* ``say``: the project's own progress and results, to stdout, from process 0 only, flushed (so a
+  log file or a pipe sees each line when it happens).
+* ``quiet_third_party``: third-party INFO logging (Orbax, TFDS, grain, absl internals, JAX) is off
+  unless the user asked for it with absl's ``--verbosity`` / ``-v`` flag (``-v 0`` shows INFO
+  again); warnings and errors stay on stderr.
+* ``initialize_distributed``: ``jax.distributed.initialize()`` when the environment describes a
+  multi-process run (TPU pod, SLURM, Open MPI, an explicit coordinator), one test for every tool.
+* ``Progress``: the training progress line, its rate and ETA measured after compilation and
+  without the pauses for checkpoints and sampling.
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import os
+import sys
+import time
+
+# Environment variables that mean "this process is one of several" (jax.distributed reads them).
+MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+                     "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+# Python loggers of the libraries whose INFO lines are not for the user.
+THIRD_PARTY_LOGGERS = ("absl", "orbax", "jax", "jax._src", "tensorflow_datasets", "grain", "etils")
+
+
+def say(message: str) -> None:
+  """Prints one line of the project's own output to stdout (process 0 of a multi-process run)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def verbosity_requested() -> bool:
+  """Whether absl's ``--verbosity`` (``-v``) was given on the command line."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return bool(flags.FLAGS["verbosity"].present)
+  except (KeyError, flags.UnparsedFlagAccessError):
+    return False
+
+
+def quiet_third_party() -> None:
+  """Third-party INFO off (WARNING and above stay), unless ``--verbosity`` was given."""
+  if verbosity_requested():
+    return
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  for name in THIRD_PARTY_LOGGERS:
+    py_logging.getLogger(name).setLevel(py_logging.WARNING)
+
+
+def is_multi_process_environment(environ=None) -> bool:
+  environ = os.environ if environ is None else environ
+  return any(k in environ for k in MULTI_PROCESS_ENV)
+
+
+def initialize_distributed(force: bool = False) -> bool:
+  """Calls ``jax.distributed.initialize()`` for a multi-process run; returns whether it did."""
+  if not (force or is_multi_process_environment()):
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.distributed.initialize()
+  return True
+
+
+def stored_config_path() -> str:
+  """``configs/stored.py``: the config stored with a checkpoint, as a config file."""
+  import configs  # pylint: disable=g-import-not-at-top
+  return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), "stored.py")
+
+
+def default_to_stored_config(argv: list[str]) -> list[str]:
+  """``argv`` with ``--config=configs/stored.py:<checkpoint>`` inserted first when it gives a
+  ``--checkpoint`` but no ``--config``: the checkpoint's own config becomes the default, and
+  ``--config.sample.*`` and other overrides apply on top of it. (Inserted first, so that a
+  ``--config`` from a ``--flagfile`` still wins.)"""
+  checkpoint = None
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg == "--config" or arg.startswith("--config="):
+      return list(argv)
+    if arg.startswith("--checkpoint="):
+      checkpoint = arg.split("=", 1)[1]
+    elif arg == "--checkpoint" and i + 1 < len(argv):
+      checkpoint = argv[i + 1]
+  if not checkpoint:
+    return list(argv)
+  return [argv[0], f"--config={stored_config_path()}:{checkpoint}"] + list(argv[1:])
+
+
+def fail(message: str, status: int = 2):
+  """Ends the program on a user error: one line ``error: ...`` on stderr, exit ``status``."""
+  print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def hms(seconds: float) -> str:
+  seconds = max(0, int(round(seconds)))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+  """Rate and ETA of a loop of ``total`` steps, counting only time spent stepping.
+
+  ``start(step)`` once the first step has run (its compilation is not part of any rate); time
+  inside ``with progress.paused():`` (checkpoint saves, sampling) is left out too.
+  """
+
+  def __init__(self, total: int, clock=time.perf_counter):
+    self.total = int(total)
+    self._clock = clock
+    self._t = self._step = None
+    self._paused = 0.0
+
+  def start(self, step: int) -> None:
+    self._t, self._step, self._paused = self._clock(), int(step), 0.0
+
+  @property
+  def started(self) -> bool:
+    return self._t is not None
+
+  def paused(self):
+    progress = self
+
+    class _Pause:
+
+      def __enter__(self):
+        self.t0 = progress._clock()
+
+      def __exit__(self, *exc):
+        progress._paused += progress._clock() - self.t0
+        return False
+
+    return _Pause()
+
+  def rate(self, step: int) -> float | None:
+    """Steps per second since the last ``rate`` call (or ``start``), pauses excluded; restarts the
+    interval. None before ``start`` or when no step was taken."""
+    if self._t is None:
+      return None
+    now = self._clock()
+    busy = now - self._t - self._paused
+    steps = int(step) - self._step
+    self._t, self._step, self._paused = now, int(step), 0.0
+    if steps <= 0 or busy <= 0:
+      return None
+    return steps / busy
+
+  def line(self, step: int, rate: float | None, **values: float) -> str:
+    """``step 500/6000 loss 0.1234 ... 9.80 steps/s ETA 0:09:21`` (rate and ETA once known)."""
+    width = len(str(self.total))
+    parts = [f"step {step:>{width}d}/{self.total}"]
+    parts += [f"{k} {v:.4f}" for k, v in values.items()]
+    if rate:
+      parts.append(f"{rate:.2f} steps/s ETA {hms((self.total - step) / rate)}")
+    return " ".join(parts)

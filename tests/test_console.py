@@ -1,0 +1,67 @@
+"""pidm_jax.console: the progress line's rate and ETA, the multi-process test, user errors."""
+
+import logging
+
+import pytest
+
+from pidm_jax import console
+
+
+class _Clock:
+
+  def __init__(self):
+    self.t = 0.0
+
+  def __call__(self):
+    return self.t
+
+
+def test_rate_leaves_out_compilation_and_pauses():
+  clock = _Clock()
+  progress = console.Progress(1000, clock=clock)
+  assert progress.rate(1) is None and not progress.started
+  clock.t = 60.0  # the first step compiled for a minute
+  progress.start(1)
+  clock.t += 10.0  # 100 steps in 10 s
+  with progress.paused():  # a checkpoint save
+    clock.t += 30.0
+  clock.t += 10.0  # 100 more steps in 10 s
+  assert progress.rate(201) == pytest.approx(10.0)
+  line = progress.line(201, 10.0, loss=0.5)
+  assert line == "step  201/1000 loss 0.5000 10.00 steps/s ETA 0:01:20"
+  clock.t += 4.0  # the next interval starts afresh
+  assert progress.rate(241) == pytest.approx(10.0)
+  assert progress.rate(241) is None  # no step taken
+  assert progress.line(1, None, loss=1.0) == "step    1/1000 loss 1.0000"
+
+
+def test_hms():
+  assert console.hms(0) == "0:00:00"
+  assert console.hms(3725.4) == "1:02:05"
+  assert console.hms(-3) == "0:00:00"
+
+
+def test_multi_process_environment():
+  assert not console.is_multi_process_environment({"PATH": "/bin"})
+  assert console.is_multi_process_environment({"SLURM_NTASKS": "4"})
+  assert console.is_multi_process_environment({"TPU_WORKER_HOSTNAMES": "a,b"})
+
+
+def test_third_party_info_is_quiet_by_default():
+  from absl import logging as absl_logging
+  before = absl_logging.get_verbosity()
+  try:
+    console.quiet_third_party()
+    assert absl_logging.get_verbosity() == absl_logging.WARNING
+    assert logging.getLogger("orbax").getEffectiveLevel() == logging.WARNING
+  finally:
+    absl_logging.set_verbosity(before)
+    for name in console.THIRD_PARTY_LOGGERS:
+      logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_fail_is_one_line_and_status_2(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    console.fail("no such file:\n  /x/y.pt")
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == "error: no such file: /x/y.pt\n"
