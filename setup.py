@@ -51,6 +51,16 @@ setup(
         # and the Market-1501 masks.
         "scikit-image>=0.26",
     ],
+    entry_points={
+        "console_scripts": [
+            "pidm-train = pidm_jax.train_cli:run",
+            "pidm-sample = pidm_jax.sample_cli:run",
+            "pidm-generate = pidm_jax.generate:run",
+            "pidm-evaluate = pidm_jax.evaluate:run",
+            "pidm-convert = pidm_jax.convert:run",
+            "pidm-build-data = input_pipeline.build:run",
+        ],
+    },
     extras_require={
         "gpu": [f"jax[cuda12]>={JAX}"],
         "tpu": [f"jax[tpu]>={JAX}"],

@@ -1,49 +1,9 @@
 """Trains PIDM: ``python train.py --config=configs/small.py --workdir=runs/demo [--config.x=y]``.
 
-Resumes automatically from the newest checkpoint in ``--workdir``. Multi-process (TPU pod, GPU
-cluster): run the same command on every host; ``jax.distributed.initialize()`` is called when the
-environment describes more than one process.
+The command lives in ``pidm_jax/train_cli.py`` (also installed as ``pidm-train``).
 """
 
-import os
-
-from absl import app, flags
-from ml_collections import config_flags
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and sample grids.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax  # pylint: disable=g-import-not-at-top
-  from pidm_jax import console  # pylint: disable=g-import-not-at-top
-  from pidm_jax import train  # pylint: disable=g-import-not-at-top
-
-  console.quiet_third_party()  # --verbosity=0 (-v 0) brings the libraries' INFO lines back
-  console.initialize_distributed()
-  jax.config.update("jax_compilation_cache_dir",
-                    os.environ.get("JAX_COMPILATION_CACHE_DIR",
-                                   os.path.join(FLAGS.workdir, "jax_cache")))
-  console.say(f"JAX {jax.__version__}: {jax.process_count()} process(es), {jax.device_count()} "
-              f"device(s) ({jax.devices()[0].device_kind})")
-  summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  if "ssim" in summary:
-    shown = lambda path: os.path.join(FLAGS.workdir, "samples", os.path.basename(path))
-    console.say(f"test SSIM of the samples: {summary['ssim']:.4f}   with another person's "
-                f"source: {summary['ssim_swapped_source']:.4f}   copying the source image: "
-                f"{summary['ssim_copy_source']:.4f}")
-    console.say(f"colour error in the target's body region (CIELAB Delta E): "
-                f"{summary['body_colour_error']:.2f} from the own source, "
-                f"{summary['body_colour_error_swapped_source']:.2f} from another person's source")
-    console.say(f"grids: {shown(summary['grid'])} and {shown(summary['swap_grid'])}")
-  console.say(f"{summary['steps']} steps in {console.hms(summary['train_seconds'])}; all figures "
-              f"in {os.path.join(FLAGS.workdir, 'summary.json')}")
-
+from pidm_jax.train_cli import run
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

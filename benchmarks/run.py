@@ -428,4 +428,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  from pidm_jax import console  # pylint: disable=g-import-not-at-top
+  console.run(main)

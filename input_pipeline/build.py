@@ -55,12 +55,18 @@ def main(argv):
   build(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
 
 
-if __name__ == "__main__":
-  from absl import app
-  from absl import flags
+def run():
+  """The ``python -m input_pipeline.build`` / ``pidm-build-data`` entry point."""
+  global FLAGS  # pylint: disable=global-statement
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from pidm_jax import console  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string("dataset", None, "name[/config], e.g. deep_fashion/res256", required=True)
   flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's)")
   flags.DEFINE_string("manual_dir", None, "folder of the manually downloaded files")
   FLAGS = flags.FLAGS
-  app.run(main)
+  console.run(main)
+
+
+if __name__ == "__main__":
+  run()

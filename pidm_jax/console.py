@@ -65,6 +65,22 @@ def initialize_distributed(force: bool = False) -> bool:
   return True
 
 
+_NO_CONFIG = object()
+
+
+def begin(argv, *, config=_NO_CONFIG, multihost: bool = False) -> None:
+  """The common start of a tool's ``main(argv)``: no stray arguments; for a sampling tool
+  (``config`` given) a config, which is the checkpoint's stored one unless ``--config`` was
+  given; third-party INFO logging off (``quiet_third_party``); the multi-process start
+  (``multihost`` forces it)."""
+  quiet_third_party()
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if config is None:
+    fail("no config: give --checkpoint (its stored config is used) or --config")
+  initialize_distributed(force=multihost)
+
+
 def stored_config_path() -> str:
   """``configs/stored.py``: the config stored with a checkpoint, as a config file."""
   import configs  # pylint: disable=g-import-not-at-top
@@ -89,10 +105,63 @@ def default_to_stored_config(argv: list[str]) -> list[str]:
   return [argv[0], f"--config={stored_config_path()}:{checkpoint}"] + list(argv[1:])
 
 
-def fail(message: str, status: int = 2):
-  """Ends the program on a user error: one line ``error: ...`` on stderr, exit ``status``."""
-  print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+def fail(message, status: int = 2, keep_lines: bool = False):
+  """Ends the program on a user error: one line ``error: ...`` on stderr, exit ``status``.
+
+  With ``keep_lines`` a message of several lines (a list of differing fields, say) keeps them,
+  the first after ``error: ``; otherwise all whitespace runs become one space.
+  """
+  text = str(message)
+  text = text.strip() if keep_lines else " ".join(text.split())
+  print("error: " + text, file=sys.stderr, flush=True)
   sys.exit(status)
+
+
+def parse_flags(argv, flag_values=None):
+  """Parses ``argv`` into absl flags; a flag the user got wrong (unknown, e.g. ``--config.x``,
+  or an invalid value) ends the program with one line ``error: ...`` and status 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  try:
+    return flag_values(argv)
+  except flags.Error as e:
+    fail(e)
+  except (AttributeError, KeyError) as e:  # config_flags: an override of a field that is not there
+    given = [a for a in argv[1:] if a.startswith("--config.")]
+    fail(f"a --config override names a field the config does not have ({e}): {' '.join(given)}")
+
+
+HELP_FLAGS = ("--help", "-h", "--helpfull", "--helpshort", "-?")
+
+
+def parse_own_flags(argv, define, usage: str):
+  """absl flags of a tool that is also called in-process (``main(argv)``): ``define(flag_values)``
+  defines them on a fresh ``FlagValues`` (so two tools never clash in one process), then ``argv``
+  (without the program name) is parsed. ``--flagfile`` works as everywhere in absl; ``--help`` /
+  ``--helpfull`` print ``usage`` and the flags and exit 0; a wrong flag exits as ``parse_flags``.
+  Returns the FlagValues."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  define(flag_values)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if any(a in HELP_FLAGS for a in argv):
+    print(usage.strip() + "\n\nflags:\n" + flag_values.get_help(), flush=True)
+    sys.exit(0)
+  saved = sys.argv
+  sys.argv = [saved[0] if saved else "pidm"] + argv  # config_flags reads its overrides there
+  try:
+    rest = parse_flags(sys.argv, flag_values)
+  finally:
+    sys.argv = saved
+  if len(rest) > 1:
+    fail(f"unexpected arguments: {' '.join(rest[1:])}")
+  return flag_values
+
+
+def run(main, argv=None) -> None:
+  """``absl.app.run(main)`` with ``parse_flags``: the entry of every command-line tool."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 def hms(seconds: float) -> str:

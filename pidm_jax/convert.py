@@ -20,7 +20,7 @@ Three parts, in file order:
 
 3. **The command line**: ``python -m pidm_jax.convert --checkpoint last.pt --output DIR`` writes a
    parameters-only Orbax checkpoint (:func:`pidm_jax.checkpointing.save_params`) of the converted
-   (EMA by default) weights, which sampling loads and training can start from; ``--to-torch``
+   (EMA by default) weights, which sampling loads and training can start from; ``--to_torch``
    goes the other way.
 
 Layouts (reference section 3.1): Conv2d weight (O, I, kh, kw) -> kernel (kh, kw, I, O); Linear
@@ -952,15 +952,21 @@ def export_official_state_dict(model, *, seed: int = 0) -> dict[str, np.ndarray]
 # 3. Files and the command line
 # =================================================================================================
 
-def save_torch_state_dict(path, state_dict: dict[str, np.ndarray]) -> str:
+def save_torch_state_dict(path, state_dict: dict[str, np.ndarray], config=None) -> str:
   """Writes an official state_dict for the official PyTorch code; returns the path written.
 
   ``*.safetensors`` paths get a safetensors file (load with ``safetensors.torch.load_file``).
   Otherwise, when PyTorch is importable, a ``torch.save`` file of ``{"ema": sd, "model": sd}``
   (what the official ``predict.py`` / ``train.py`` read; both entries share storage); without
-  PyTorch, a ``.safetensors`` file next to the requested name.
+  PyTorch, a ``.safetensors`` file next to the requested name. With ``config``, the pidm_jax
+  config travels along as JSON text: the ``pidm_jax_config`` entry of the torch file (the official
+  code reads only ``ema`` / ``model``) or the ``pidm_jax_config`` metadata of the safetensors file.
   """
   path = os.fspath(path)
+  config_text = None
+  if config is not None:
+    from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    config_text = json.dumps(checkpointing.config_to_json(config), sort_keys=True)
   if not path.endswith(".safetensors"):
     try:
       import torch  # pylint: disable=g-import-not-at-top
@@ -968,9 +974,15 @@ def save_torch_state_dict(path, state_dict: dict[str, np.ndarray]) -> str:
       path = os.path.splitext(path)[0] + ".safetensors"
     else:
       tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
-      torch.save({"ema": tensors, "model": tensors}, path)
+      entries = {"ema": tensors, "model": tensors}
+      if config_text is not None:
+        entries["pidm_jax_config"] = config_text
+      torch.save(entries, path)
       return path
-  save_safetensors(path, state_dict, metadata={"format": "pt"})
+  metadata = {"format": "pt"}
+  if config_text is not None:
+    metadata["pidm_jax_config"] = config_text
+  save_safetensors(path, state_dict, metadata=metadata)
   return path
 
 
@@ -988,45 +1000,72 @@ def load_config(path):
   return module.get_config()
 
 
+_USAGE = """Converts the official PIDM PyTorch checkpoint to a pidm_jax Orbax checkpoint (needs no
+PyTorch; pickled code is never run), or back with --to_torch.
+
+  python -m pidm_jax.convert --checkpoint=last.pt --output=ckpt/pidm [--config=configs/default.py]
+  python -m pidm_jax.convert --to_torch --checkpoint=ckpt/pidm --output=pidm.pt [--config=...]
+"""
+
+
+def define_flags(fv) -> None:
+  """The command's absl flags, on the FlagValues ``fv``."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("checkpoint", None, "official checkpoint (torch.save file, e.g. last.pt, or "
+                      ".safetensors); with --to_torch: a pidm_jax checkpoint directory (its EMA "
+                      "weights)", flag_values=fv, required=True)
+  flags.DEFINE_string("output", None, "output checkpoint directory; with --to_torch: output file "
+                      "(.pt, or .safetensors)", flag_values=fv, required=True)
+  flags.DEFINE_enum("entry", None, ["ema", "model"], "which weights of a training checkpoint to "
+                    "convert (default: ema)", flag_values=fv)
+  config_flags.DEFINE_config_file(
+      "config", None, "pidm_jax config file whose model section matches the checkpoint (default: "
+      "configs/default.py, the paper's model; with --to_torch: the config stored with the "
+      "checkpoint)", flag_values=fv, lock_config=True)
+  flags.DEFINE_bool("to_torch", False, "export pidm_jax weights as an official state_dict instead",
+                    flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "seed of the dropout stream (import) / of dead tensors (export)",
+                       flag_values=fv)
+
+
 def main(argv=None) -> int:
-  """Command line: official checkpoint -> Orbax (default) or pidm_jax Orbax -> official."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
-      prog="python -m pidm_jax.convert",
-      description="Convert the official PIDM PyTorch checkpoint to a pidm_jax Orbax checkpoint "
-                  "(needs no PyTorch; pickled code is never run), or back with --to-torch.")
-  parser.add_argument("--checkpoint", required=True,
-                      help="official checkpoint (torch.save file, e.g. last.pt, or .safetensors); "
-                           "with --to-torch: a pidm_jax checkpoint directory (its EMA weights)")
-  parser.add_argument("--output", required=True,
-                      help="output checkpoint directory; with --to-torch: output file "
-                           "(.pt, or .safetensors)")
-  parser.add_argument("--entry", choices=("ema", "model"), default=None,
-                      help="which weights of a training checkpoint to convert (default: ema)")
-  parser.add_argument("--config", default=os.path.join("configs", "default.py"),
-                      help="pidm_jax config file whose model section matches the checkpoint")
-  parser.add_argument("--to-torch", action="store_true",
-                      help="export pidm_jax weights as an official state_dict instead")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="seed of the dropout stream (import) / of dead tensors (export)")
-  args = parser.parse_args(argv)
-  config = load_config(args.config)
-  prediction = config.get("diffusion", {}).get("prediction", "eps")
-  if prediction != "eps":
-    parser.error(f"the official PIDM predicts eps, but {args.config} sets diffusion.prediction = "
-                 f"{prediction!r}: its weights mean something else; convert with an eps config")
+  """Command line: official checkpoint -> Orbax (default) or pidm_jax Orbax -> official.
 
+  ``argv`` without the program name (default: ``sys.argv[1:]``). A user error (a missing or
+  unreadable file, a pickle that would run code, weights that do not fit the config, a config that
+  does not predict eps) ends with one line ``error: ...`` and status 2.
+  """
   from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  if args.to_torch:
-    model = checkpointing.load_model(args.checkpoint, config)
-    written = save_torch_state_dict(args.output, export_official_state_dict(model, seed=args.seed))
-    note = "" if written == args.output else " (PyTorch is not installed: wrote safetensors)"
-    print(f"wrote official state_dict to {written}{note}")
-    return 0
+  from pidm_jax import console  # pylint: disable=g-import-not-at-top
+  args = console.parse_own_flags(argv, define_flags, _USAGE)
+  config, config_name = args.config, "the given --config"
+  try:
+    if config is None and args.to_torch:
+      from configs import stored  # pylint: disable=g-import-not-at-top
+      config, config_name = stored.get_config(args.checkpoint), "the checkpoint's stored config"
+    elif config is None:
+      import configs  # pylint: disable=g-import-not-at-top
+      config_name = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), "default.py")
+      config = load_config(config_name)
+    prediction = config.get("diffusion", {}).get("prediction", "eps")
+    if prediction != "eps":
+      raise ValueError(f"the official PIDM predicts eps, but {config_name} sets "
+                       f"diffusion.prediction = {prediction!r}: its weights mean something else; "
+                       "convert with an eps config")
+    if args.to_torch:
+      model = checkpointing.load_model(args.checkpoint, config)
+      written = save_torch_state_dict(args.output,
+                                      export_official_state_dict(model, seed=args.seed), config)
+      note = "" if written == args.output else " (PyTorch is not installed: wrote safetensors)"
+      print(f"wrote official state_dict to {written}{note}")
+      return 0
 
-  checkpoint = load_torch_checkpoint(args.checkpoint)
-  state_dict = select_state_dict(checkpoint, args.entry)
-  model = convert_official_state_dict(state_dict, config.model, seed=args.seed)
+    checkpoint = load_torch_checkpoint(args.checkpoint)
+    state_dict = select_state_dict(checkpoint, args.entry)
+    model = convert_official_state_dict(state_dict, config.model, seed=args.seed)
+  except (FileNotFoundError, IsADirectoryError, ValueError, UnsafePickleError) as e:
+    console.fail(e, keep_lines=isinstance(e, checkpointing.ConfigMismatchError))
   checkpointing.save_params(args.output, model, config)
   source = "bare state_dict" if state_dict is checkpoint or len(state_dict) == len(checkpoint) \
       else f"entry {args.entry or 'ema'!r}"
@@ -1034,5 +1073,10 @@ def main(argv=None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def run():
+  """The ``python -m pidm_jax.convert`` / ``pidm-convert`` entry point."""
   raise SystemExit(main())
+
+
+if __name__ == "__main__":
+  run()

@@ -303,24 +303,22 @@ def _source_swap(model, diffusion, options, eval_data, num_pairs: int, key, out_
 
 def main(argv):
   """The ``python -m pidm_jax.generate`` entry point (flags below)."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from pidm_jax import console  # pylint: disable=g-import-not-at-top
-  if FLAGS.config is None:
-    console.fail("no config: give --checkpoint (its stored config is used) or --config")
-  console.initialize_distributed(force=FLAGS.multihost)
+  console.begin(argv, config=FLAGS.config, multihost=FLAGS.multihost)
   try:
     generate_split(FLAGS.config, FLAGS.checkpoint, FLAGS.out, split=FLAGS.split,
                    write_ground_truth=FLAGS.write_ground_truth,
                    ground_truth_dir=FLAGS.ground_truth_dir, overwrite=FLAGS.overwrite,
                    source_swap_pairs=FLAGS.source_swap_pairs)
   except (FileNotFoundError, ValueError) as e:  # bad data set, split, checkpoint or config
-    sys.exit("error: " + " ".join(str(e).split()))
+    from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    console.fail(e, keep_lines=isinstance(e, checkpointing.ConfigMismatchError))
 
 
-if __name__ == "__main__":
-  from absl import app, flags
+def run():
+  """The ``python -m pidm_jax.generate`` / ``pidm-generate`` entry point."""
+  global FLAGS  # pylint: disable=global-statement
+  from absl import flags
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file(
@@ -342,4 +340,8 @@ if __name__ == "__main__":
   flags.mark_flags_as_required(["checkpoint", "out"])
   from pidm_jax import console  # pylint: disable=g-import-not-at-top
   sys.argv = console.default_to_stored_config(sys.argv)  # --config defaults to the checkpoint's
-  app.run(main)
+  console.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -65,3 +65,29 @@ def test_fail_is_one_line_and_status_2(capsys):
     console.fail("no such file:\n  /x/y.pt")
   assert exit_info.value.code == 2
   assert capsys.readouterr().err == "error: no such file: /x/y.pt\n"
+
+
+def test_the_checkpoints_config_is_the_default():
+  stored = console.stored_config_path()
+  assert stored.endswith("configs/stored.py")
+  assert console.default_to_stored_config(["s", "--checkpoint=ck", "--config.sample.steps=5"]) == [
+      "s", f"--config={stored}:ck", "--checkpoint=ck", "--config.sample.steps=5"]
+  assert console.default_to_stored_config(["s", "--checkpoint", "ck"]) == [
+      "s", f"--config={stored}:ck", "--checkpoint", "ck"]
+  given = ["s", "--config=configs/tiny.py", "--checkpoint=ck"]
+  assert console.default_to_stored_config(given) == given
+  assert console.default_to_stored_config(["s", "--source=a.jpg"]) == ["s", "--source=a.jpg"]
+
+
+def test_stored_config_keeps_field_types(tmp_path):
+  import json
+  from configs import small, stored
+  from pidm_jax import checkpointing
+  config = small.get_config()
+  (tmp_path / "config.json").write_text(json.dumps(checkpointing.config_to_json(config)))
+  back = stored.get_config(str(tmp_path))
+  assert checkpointing.config_mismatches(checkpointing.config_to_json(config), back) == []
+  assert back.model.channel_mult == (1, 2, 4) and back.data.data_dir is None
+  back.data.data_dir = "/data"  # an unset placeholder is still a str field
+  with pytest.raises(ValueError, match="has no stored config"):
+    stored.get_config(str(tmp_path / "nothing"))

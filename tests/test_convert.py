@@ -1,7 +1,10 @@
 """Tests of pidm_jax.convert: safe checkpoint loading, official <-> pidm_jax mapping, the CLI."""
 
 import io
+import json
+import os
 import pickle
+import re
 import struct
 import sys
 import types
@@ -627,9 +630,23 @@ def test_cli_converts_and_exports(tiny, tmp_path, capsys):
 
   # Back to the official layout (through checkpointing.load_model): the same state_dict.
   back = tmp_path / "back.pt"
-  assert convert.main(["--to-torch", "--checkpoint", str(out_dir), "--output", str(back),
-                       "--config", config]) == 0
+  # (no --config: the converted checkpoint carries the tiny config it was written with)
+  assert convert.main(["--to_torch", "--checkpoint", str(out_dir), "--output", str(back)]) == 0
   written = back if back.exists() else tmp_path / "back.safetensors"
+  # the converted checkpoint carries the config it was converted with (what sample.py uses when
+  # no --config is given), and the export carries it on
+  from configs import stored, tiny as tiny_config
+  assert checkpointing.config_mismatches(
+      checkpointing.read_config_json(out_dir), tiny_config.get_config()) == []
+  assert stored.get_config(str(out_dir)).model.base_width == tiny_config.get_config().model.base_width
+  if written.suffix == ".safetensors":
+    with open(written, "rb") as f:
+      header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    exported = json.loads(header["__metadata__"]["pidm_jax_config"])
+  else:
+    import torch
+    exported = json.loads(torch.load(back, weights_only=True)["pidm_jax_config"])
+  assert checkpointing.config_mismatches(exported, tiny_config.get_config()) == []
   loaded = convert.load_torch_checkpoint(written)
   loaded = loaded["ema"] if "ema" in loaded else loaded
   assert list(loaded) == list(full)
@@ -638,7 +655,7 @@ def test_cli_converts_and_exports(tiny, tmp_path, capsys):
   if written == back:  # PyTorch is installed: its own safe loader reads the export
     import torch
     ours = torch.load(back, weights_only=True)
-    assert set(ours) == {"ema", "model"} and list(ours["ema"]) == list(full)
+    assert set(ours) == {"ema", "model", "pidm_jax_config"} and list(ours["ema"]) == list(full)
 
   # The "model" entry, with its DDP prefix, is what --entry model would convert.
   ckpt_loaded = convert.load_torch_checkpoint(ckpt)
@@ -647,16 +664,49 @@ def test_cli_converts_and_exports(tiny, tmp_path, capsys):
   np.testing.assert_array_equal(picked["out.2.weight"], full["out.2.weight"] + 1)
 
 
-def test_cli_reports_a_mismatching_checkpoint(tiny, tmp_path):
+def test_cli_reports_a_mismatching_checkpoint(tiny, tmp_path, capsys):
   cfg, sd, _ = tiny
   bad = dict(sd)
   bad["input_blocks.1.0.in_layers.2.weight2"] = bad.pop("input_blocks.1.0.in_layers.2.weight")
   path = tmp_path / "bad.safetensors"
   convert.save_safetensors(path, bad)
-  with pytest.raises(ValueError, match=r"1 missing keys(.|\n)*1 unknown keys"):
+  with pytest.raises(SystemExit) as e:
     convert.main(["--checkpoint", str(path), "--output", str(tmp_path / "out"),
                   "--config", str(REPO / "configs" / "tiny.py")])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1
+  assert re.search(r"1 missing keys.*1 unknown keys", err), err
   assert not (tmp_path / "out").exists()
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+  """A missing file, a pickle that would run code, an unknown flag: one line, status 2."""
+  evil = tmp_path / "evil.pt"
+  with open(evil, "wb") as f:
+    pickle.dump(_RunsCode(str(tmp_path / "ran")), f)
+  for argv, message in (
+      (["--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "o")],
+       "missing.pt"),
+      (["--checkpoint", str(evil), "--output", str(tmp_path / "o")], "refus"),
+      (["--checkpoint=x", "--output=y", "--to-torch"], "to-torch"),
+      (["--checkpoint=x", "--output=y", "--config.model.nonsense=1"], "nonsense")):
+    with pytest.raises(SystemExit) as e:
+      convert.main(argv)
+    assert e.value.code == 2, argv
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+  assert not (tmp_path / "o").exists() and not (tmp_path / "ran").exists()
+
+
+class _RunsCode:
+  """A pickle whose loading would create a file: the converter must refuse it."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return (open, (self.path, "w"))
 
 
 def test_cli_refuses_a_config_that_does_not_predict_eps(tmp_path, capsys):
@@ -666,7 +716,7 @@ def test_cli_refuses_a_config_that_does_not_predict_eps(tmp_path, capsys):
   config.write_text("from configs import tiny\n\n\ndef get_config():\n"
                     "  config = tiny.get_config()\n  config.diffusion.prediction = 'v'\n"
                     "  return config\n")
-  for extra in ([], ["--to-torch"]):
+  for extra in ([], ["--to_torch"]):
     with pytest.raises(SystemExit):
       convert.main(extra + ["--checkpoint", str(tmp_path / "missing.pt"),
                             "--output", str(tmp_path / "out"), "--config", str(config)])
@@ -679,7 +729,7 @@ def test_module_entry_point_help():
   result = subprocess.run([sys.executable, "-m", "pidm_jax.convert", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr
-  assert "--to-torch" in result.stdout and "--entry" in result.stdout
+  assert "--to_torch" in result.stdout and "--entry" in result.stdout
 
 
 def test_export_without_torch_writes_safetensors(tmp_path, monkeypatch):

@@ -188,3 +188,25 @@ def test_market_body_mask_and_masked_metrics(tmp_path):
                    channel_axis=-1, data_range=g.max() - g.min())
     assert res["metrics"]["mask_ssim"] == pytest.approx(want, abs=1e-6)
     assert "mask_lpips" in res["skipped"] and "lpips" in res["skipped"]
+
+
+def test_command_line_convention(folders, tmp_path, capsys):
+    """absl flags: --flagfile, one-line errors with status 2, --helpfull."""
+    flagfile = tmp_path / "eval.flags"
+    flagfile.write_text(f"--generated={folders / 'gen'}\n--ground_truth={folders / 'gt'}\n"
+                        "--size=128x64\n--no_progress\n")
+    cfg, output = evaluate.parse_args([f"--flagfile={flagfile}", "--lpips_weights=a.pth,b.pth",
+                                       "--lpips_weights=c.npz"])
+    assert (cfg.size, cfg.progress, output) == ((128, 64), False, None)
+    assert cfg.lpips_weights == ("a.pth", "b.pth", "c.npz")
+    for argv, message in ((["--generated=x", "--ground_truth=y", "--sise=1x1"], "sise"),
+                          (["--generated=x"], "--ground_truth"),
+                          (["--generated=x", "--ground_truth=y", "--size=big"], "--size")):
+        with pytest.raises(SystemExit) as e:
+            evaluate.parse_args(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    with pytest.raises(SystemExit) as e:
+        evaluate.parse_args(["--helpfull"])
+    assert e.value.code == 0 and "--ground_truth" in capsys.readouterr().out

@@ -280,7 +280,7 @@ def test_checkpoint_of_another_model(files, tmp_path, no_compile):
 def test_sample_py_error_is_one_line(files, tmp_path):
   result = _run_cli(f"--checkpoint={files / 'ckpt'}", f"--source={files / 'a.jpg'}",
                     f"--pose={files / 'short.txt'}", f"--out={tmp_path}")
-  assert result.returncode == 1
+  assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "short.txt: expected 18 lines" in last
   assert not os.listdir(tmp_path)
