@@ -311,6 +311,51 @@ class TrainCheckpointer:
                                   opt_state=part["opt_state"], rng=part["rng"],
                                   ema_params=restored[EMA_PARAMS])
 
+  def restore_newest_readable(self, abstract_state, data_iterator=None, log=print):
+    """The train state of the newest step that can be read, for resuming.
+
+    A newer step that cannot be read (a truncated or corrupt file, an interrupted write) is
+    reported with its step and error and, once an older step has been read, moved aside to
+    ``<directory>/unreadable_step_<step>[_<n>]`` (never deleted). When no step can be read
+    nothing is moved (the config may no longer fit any of them) and ValueError names every
+    step's error and how to start over.
+    """
+    steps = sorted(self._mngr.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"{self.directory} holds no checkpoint")
+    failed = []
+    for step in steps:
+      try:
+        state = self.restore(abstract_state, data_iterator, step=step)
+      except Exception as e:  # pylint: disable=broad-except  (tensorstore, Orbax, grain errors)
+        message = " ".join(str(e).split())[:300]
+        failed.append((step, f"{type(e).__name__}: {message}"))
+        log(f"checkpoint step {step} in {self.directory} cannot be read: "
+            f"{type(e).__name__}: {message}")
+        continue
+      for bad, _ in failed:
+        self._move_aside(bad, log)
+      if failed:
+        self._mngr.reload()
+      return state
+    raise ValueError(
+        f"no checkpoint in {self.directory} can be read (" + "; ".join(
+            f"step {step}: {error}" for step, error in failed) + "); nothing was moved. To start "
+        "over, use another --workdir or move the checkpoints directory away; if the config "
+        "changed since they were written, resume with the run's own config (config.json)")
+
+  def _move_aside(self, step: int, log) -> None:
+    if jax.process_index() != 0:
+      return
+    source = epath.Path(self.directory) / str(step)
+    target = epath.Path(self.directory) / f"unreadable_step_{step}"
+    n = 1
+    while target.exists():
+      target = epath.Path(self.directory) / f"unreadable_step_{step}_{n}"
+      n += 1
+    source.rename(target)
+    log(f"moved the unreadable step {step} aside to {target}")
+
   def wait(self) -> None:
     self._mngr.wait_until_finished()
 

@@ -463,7 +463,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # Resume order: this workdir's newest checkpoint, else given initial weights, else scratch.
     if ckpt.latest_step() is not None:
-      state = ckpt.restore(trainer.abstract_state, train_iter)
+      state = ckpt.restore_newest_readable(trainer.abstract_state, train_iter,
+                                           log=logging.warning)
       console.say(f"resumed from step {int(state.step)} of {ckpt.directory}")
     elif tcfg.get("init_checkpoint"):
       # The network must be the same; another diffusion (say, fine-tuning eps weights as v) is

@@ -292,3 +292,41 @@ def test_source_swap_tells_whether_the_source_is_used(trainers):
   assert all(again[k] == opened[k] for k in train.SUMMARY_METRICS)
   with pytest.raises(ValueError, match="at least two identities"):
     train.source_swap(trainer, params, dict(pairs, person_id=["a"] * 4), seed=0)
+
+
+def test_an_unreadable_newest_checkpoint_is_moved_aside_and_the_run_resumes(tmp_path,
+                                                                           fake_pipeline):
+  cfg = _config(num_train_steps=2, checkpoint_every=1, log_every=1, sample_every=0,
+                keep_checkpoints=5)
+  cfg.mesh.data, cfg.mesh.fsdp = 8, 1
+  run = tmp_path / "run"
+  directory = run / "checkpoints"
+  state = train.Trainer(cfg, _mesh(cfg, 8, 1)).init_state(0)
+  ckpt = checkpointing.TrainCheckpointer(directory, cfg)
+  for step in (1, 2):  # two good checkpoints (no training needed for this)
+    ckpt.save(step, state.replace(step=state.step + step), force=True)
+  ckpt.close()
+  # step 2's train state truncated, as a kill during a write or a bad disk leaves it
+  assert _truncate_arrays(directory / "2" / "train_state")
+  summary = train.train_and_evaluate(cfg, str(run))  # resumes from step 1, trains step 2
+  assert summary["step"] == 2
+  assert (directory / "unreadable_step_2").is_dir()  # kept, not deleted
+  assert sorted(p.name for p in directory.iterdir() if p.name.isdigit()) == ["1", "2"]
+  assert all(np.isfinite(x).all()
+             for x in _leaves(checkpointing.restore_ema_params(directory, cfg.model, step=2)))
+
+  # nothing readable: nothing is moved, and the error says how to start over
+  for step in (1, 2):
+    assert _truncate_arrays(directory / str(step) / "train_state")
+  with pytest.raises(ValueError, match=r"no checkpoint .* can be read .*step 2: .*step 1: "
+                                       r".*nothing was moved. To start over"):
+    train.train_and_evaluate(cfg, str(run))
+  assert sorted(p.name for p in directory.iterdir() if p.name.isdigit()) == ["1", "2"]
+
+
+def _truncate_arrays(item_dir) -> int:
+  """Cuts every array data file of an Orbax item (OCDBT ``d/`` files) to 16 bytes."""
+  files = [p for p in item_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+  for path in files:
+    path.write_bytes(path.read_bytes()[:16])
+  return len(files)
