@@ -7,7 +7,6 @@ holds its full config (``<checkpoint directory>/config.json``). The sampling too
 any config file.
 """
 
-import json
 import os
 
 import ml_collections
@@ -20,12 +19,11 @@ def get_config(checkpoint: str = "") -> ml_collections.ConfigDict:
   if not checkpoint:
     raise ValueError("configs/stored.py needs the checkpoint directory: "
                      "--config=configs/stored.py:<checkpoint directory>")
-  path = os.path.join(os.path.abspath(os.path.expanduser(checkpoint)), "config.json")
-  if not os.path.exists(path):
-    raise ValueError(f"checkpoint {checkpoint} has no stored config ({path} is missing; "
+  from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  stored = checkpointing.read_config_json(os.path.expanduser(checkpoint))  # local or gs://
+  if stored is None:
+    raise ValueError(f"checkpoint {checkpoint} has no stored config (no config.json; "
                      "checkpoints of older runs need their config: --config=configs/<x>.py)")
-  with open(path, encoding="utf-8") as f:
-    stored = json.load(f)
   # The stored values laid over the full config structure, whose placeholders keep the field types
   # JSON cannot carry (an unset ``data.data_dir`` is a str field, so it can still be overridden).
   config = default.get_config()

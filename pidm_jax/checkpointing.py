@@ -44,7 +44,8 @@ def config_to_json(config) -> dict:
 
 
 def _abs(path) -> str:
-  return os.path.abspath(os.fspath(path))
+  path = os.fspath(path)
+  return path if "://" in path else os.path.abspath(path)  # gs:// and other remote paths as given
 
 
 def pure_params(params: Any) -> dict:

@@ -81,10 +81,15 @@ def begin(argv, *, config=_NO_CONFIG, multihost: bool = False) -> None:
   initialize_distributed(force=multihost)
 
 
+def config_file(name: str) -> str:
+  """The path of ``configs/<name>.py`` of the installed ``configs`` package."""
+  import configs  # pylint: disable=g-import-not-at-top
+  return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), f"{name}.py")
+
+
 def stored_config_path() -> str:
   """``configs/stored.py``: the config stored with a checkpoint, as a config file."""
-  import configs  # pylint: disable=g-import-not-at-top
-  return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), "stored.py")
+  return config_file("stored")
 
 
 def default_to_stored_config(argv: list[str]) -> list[str]:

@@ -1045,8 +1045,7 @@ def main(argv=None) -> int:
       from configs import stored  # pylint: disable=g-import-not-at-top
       config, config_name = stored.get_config(args.checkpoint), "the checkpoint's stored config"
     elif config is None:
-      import configs  # pylint: disable=g-import-not-at-top
-      config_name = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), "default.py")
+      config_name = console.config_file("default")
       config = load_config(config_name)
     prediction = config.get("diffusion", {}).get("prediction", "eps")
     if prediction != "eps":
