@@ -228,15 +228,27 @@ def _fresh_rng_state(x):
 
 
 class _Preemption:
-  """Turns SIGTERM (and SIGINT) into a flag the loop checks; restores the old handlers on exit."""
+  """Stop requests: a preemption notice on any host, SIGTERM, SIGINT (Ctrl-C).
+
+  In a run with JAX's distributed runtime (``jax.distributed.initialize``) and its preemption
+  service (on by default), SIGTERM belongs to that runtime: it forwards the notice to every
+  process, and ``stop_now(step)``, called at every step on every process, turns true on all of
+  them at the same step (``multihost_utils.reached_preemption_sync_point``), so all save that
+  step and exit. No Python SIGTERM handler is installed then (it would replace the runtime's).
+  Without the runtime (one process), SIGTERM and SIGINT set a flag read at the next step. SIGINT
+  in a multi-process run is shared at logging steps (a collective, see ``_any_process``).
+  Restores the handlers it replaced on exit.
+  """
 
   def __init__(self):
     self.requested = False
     self._old = {}
+    self.synced = _preemption_service_active()
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      signals = (signal.SIGINT,) if self.synced else (signal.SIGTERM, signal.SIGINT)
+      for sig in signals:
         self._old[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -244,9 +256,34 @@ class _Preemption:
     logging.warning("received signal %d: saving a checkpoint and stopping", signum)
     self.requested = True
 
+  def stop_now(self, step: int, log_step: bool) -> bool:
+    """Whether to save ``step`` and stop; the same answer on every process."""
+    if self.synced:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if multihost_utils.reached_preemption_sync_point(step):
+        logging.warning("preemption notice: every process saves step %d and stops", step)
+        return True
+    if jax.process_count() == 1:
+      return self.requested
+    return log_step and _any_process(self.requested)
+
   def __exit__(self, *exc):
     for sig, handler in self._old.items():
       signal.signal(sig, handler)
+
+
+def _preemption_service_active() -> bool:
+  """Whether JAX's distributed runtime with its preemption sync manager is running here."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  state = distributed.global_state
+  if state.client is None:
+    return False
+  if state.preemption_sync_manager is None:
+    logging.warning("jax.distributed runs without its preemption service "
+                    "(jax_enable_preemption_service is off): SIGTERM is read by this program "
+                    "and shared between processes at logging steps only")
+    return False
+  return True
 
 
 def _any_process(flag: bool) -> bool:
@@ -506,7 +543,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
         pending.append(metrics)
         log_now = step % tcfg.log_every == 0 or step == tcfg.num_train_steps
         save_now = tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0
-        stop = False
         if log_now or save_now:
           # Metrics come to the host here only (every log_every steps, and before saving).
           fetched = jax.device_get(pending)
@@ -531,10 +567,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             writer.scalars(step, means)
           console.say(progress.line(step, rate, loss=means["loss"], mse=means["mse"],
                                     vb=means["vb"]))
-          if jax.process_count() > 1:
-            stop = _any_process(preempt.requested)  # a collective: only at logging steps
-        if jax.process_count() == 1:
-          stop = preempt.requested
+        stop = preempt.stop_now(step, log_step=bool(log_now or save_now))
         if save_now or stop:
           with progress.paused():
             ckpt.save(step, state, train_iter, force=stop)
