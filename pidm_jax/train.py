@@ -26,6 +26,7 @@ import optax
 from absl import logging
 from clu import parameter_overview
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from PIL import Image
 
@@ -259,7 +260,6 @@ class _Preemption:
   def stop_now(self, step: int, log_step: bool) -> bool:
     """Whether to save ``step`` and stop; the same answer on every process."""
     if self.synced:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       if multihost_utils.reached_preemption_sync_point(step):
         logging.warning("preemption notice: every process saves step %d and stops", step)
         return True
@@ -274,11 +274,12 @@ class _Preemption:
 
 def _preemption_service_active() -> bool:
   """Whether JAX's distributed runtime with its preemption sync manager is running here."""
+  # JAX keeps this state in a private module (no public accessor as of jax 0.10/0.11).
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   state = distributed.global_state
-  if state.client is None:
+  if getattr(state, "client", None) is None:
     return False
-  if state.preemption_sync_manager is None:
+  if getattr(state, "preemption_sync_manager", None) is None:
     logging.warning("jax.distributed runs without its preemption service "
                     "(jax_enable_preemption_service is off): SIGTERM is read by this program "
                     "and shared between processes at logging steps only")
@@ -290,7 +291,6 @@ def _any_process(flag: bool) -> bool:
   """True if ``flag`` is set on any process (a collective; only called every few steps)."""
   if jax.process_count() == 1:
     return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
@@ -313,7 +313,6 @@ def ensure_dataset(config) -> None:
       console.say(f"built {name} in {time.time() - t0:.0f} s: " + ", ".join(
           f"{split} {info.num_examples} pairs" for split, info in splits))
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices("synthetic_people built")
 
 
