@@ -36,7 +36,13 @@ def register(name: str) -> None:
 def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """The TFDS builder ``name[/config]`` writing ArrayRecord files under ``data_dir``."""
   register(name)
-  return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  try:
+    return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError:
+    from input_pipeline.pipeline import DataSetError  # pylint: disable=g-import-not-at-top
+    raise DataSetError(
+        f"unknown data set {name!r}: pidm_jax builds {', '.join(sorted(BUILDER_MODULES))} "
+        "(name[/config]); other names must be TFDS data sets") from None
 
 
 def build(name: str, data_dir: str | None = None, manual_dir: str | None = None

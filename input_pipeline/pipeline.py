@@ -290,8 +290,57 @@ def dataset_name(config) -> str:
   return f"{name}/{builder_config}" if builder_config else name
 
 
+class DataSetError(ValueError):
+  """A data set that cannot be used as configured (a missing split, damaged files)."""
+
+
+class CorruptRecordError(DataSetError):
+  """A record of a data set cannot be read or decoded (a damaged file or image)."""
+
+
+class NamedSource:
+  """A random-access data source whose read errors name the record, split and files.
+
+  TFDS's ArrayRecord sources raise e.g. ``RuntimeError: Corrupted Riegeli/records file: chunk
+  header hash mismatch`` (a damaged file) or a decoder error (a damaged image inside a record),
+  neither saying which data set they come from; this wrapper raises CorruptRecordError naming
+  the record's index, the split and the data set's directory, at the first bad record read.
+  """
+
+  def __init__(self, source, name: str, split: str, directory: str):
+    self._source, self.name, self.split, self.directory = source, name, split, directory
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def _error(self, index, error: Exception) -> CorruptRecordError:
+    text = " ".join(str(error).split())[:300]
+    return CorruptRecordError(
+        f"record {index} of split {self.split!r} of data set {self.name!r} in {self.directory} "
+        f"cannot be read ({type(error).__name__}: {text}); the data set's files are damaged: "
+        "rebuild it (python -m input_pipeline.build ...) or restore its files")
+
+  def __getitem__(self, index):
+    try:
+      return self._source[index]
+    except (IndexError, KeyError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (Riegeli, decoder errors)
+      raise self._error(index, e) from e
+
+  def __getitems__(self, indices):
+    try:
+      return self._source.__getitems__(indices)
+    except Exception:  # pylint: disable=broad-except  (one by one, to name the bad record)
+      return [self[i] for i in indices]
+
+  def __repr__(self) -> str:
+    return f"NamedSource({self.name!r}, split={self.split!r}, {len(self)} records)"
+
+
 def data_source(config, split: str, *, images: bool = True):
-  """Opens split ``split`` of ``config.data``'s TFDS data set for random access (no TensorFlow).
+  """Opens split ``split`` of ``config.data``'s TFDS data set for random access (no TensorFlow),
+  as a ``NamedSource`` (its read errors name the record and the files).
 
   ``images=False`` leaves the images undecoded (PNG bytes), for reading ids cheaply.
   """
@@ -313,9 +362,10 @@ def data_source(config, split: str, *, images: bool = True):
         "[--manual_dir=...]`")
   base_splits = {part.split("[")[0].strip() for part in split.split("+")}
   if not base_splits <= set(builder.info.splits):
-    raise ValueError(f"TFDS data set {name!r} has no split {split!r}; it has "
+    raise DataSetError(f"TFDS data set {name!r} has no split {split!r}; it has "
                      f"{sorted(builder.info.splits)}")
-  return builder.as_data_source(split=split, decoders=decoders)
+  return NamedSource(builder.as_data_source(split=split, decoders=decoders), name, split,
+                     str(builder.data_dir))
 
 
 def _transform(config, train: bool) -> PairTransform:

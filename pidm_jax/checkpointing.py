@@ -19,7 +19,10 @@ onto any other mesh or device count.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
+import warnings
 from typing import Any
 
 import jax
@@ -57,8 +60,18 @@ def pure_params(params: Any) -> dict:
   return params
 
 
+def _item_handlers() -> dict:
+  """A handler for every item a step may hold: with them Orbax can describe all of a step's items
+  when only some are restored (without, each restore logs 'Item ... could not be restored')."""
+  import grain  # pylint: disable=g-import-not-at-top
+  return {TRAIN_STATE: ocp.StandardCheckpointHandler(),
+          EMA_PARAMS: ocp.StandardCheckpointHandler(),
+          CONFIG: ocp.JsonCheckpointHandler(),
+          DATA_ITERATOR: grain.checkpoint.CheckpointHandler()}
+
+
 def create_manager(directory, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
-                   async_save: bool = True, item_names=None) -> ocp.CheckpointManager:
+                   async_save: bool = True) -> ocp.CheckpointManager:
   """An Orbax CheckpointManager over ``directory`` (created if needed)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
@@ -66,7 +79,7 @@ def create_manager(directory, *, max_to_keep: int | None = 3, save_interval_step
       enable_async_checkpointing=async_save,
       create=True,
   )
-  return ocp.CheckpointManager(_abs(directory), options=options, item_names=item_names)
+  return ocp.CheckpointManager(_abs(directory), options=options, item_handlers=_item_handlers())
 
 
 def save_params(directory, params: Any, config, step: int = 0) -> str:
@@ -125,19 +138,23 @@ def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def _describe_mismatch(directory, step, target) -> str:
-  """Lists the differences between a stored parameter tree and the expected one."""
+def _structure_differences(directory, step, target) -> str | None:
+  """The differences between a stored parameter tree and the expected one ("" when the stored
+  structure matches), or None when the stored structure itself cannot be read."""
   try:
-    mngr = ocp.CheckpointManager(
-        _abs(directory), item_handlers={EMA_PARAMS: ocp.StandardCheckpointHandler()})
-    meta = mngr.item_metadata(step)
-    mngr.close()
+    mngr = create_manager(directory, async_save=False)
+    try:
+      meta = mngr.item_metadata(step)
+    finally:
+      mngr.close()
     stored = meta[EMA_PARAMS] if meta is not None else None
     stored = getattr(stored, "tree", stored)
+    if stored is None:
+      return None
     stored_flat = {_path_str(p): tuple(getattr(v, "shape", ()))
                    for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
-  except Exception as e:  # pylint: disable=broad-except
-    return f"(could not read the stored structure: {e})"
+  except Exception:  # pylint: disable=broad-except  (any failure to read the metadata)
+    return None
   want = {_path_str(p): tuple(v.shape)
           for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
   missing = sorted(set(want) - set(stored_flat))
@@ -149,33 +166,115 @@ def _describe_mismatch(directory, step, target) -> str:
       detail = [f"{k} {stored_flat.get(k, '')}->{want.get(k, '')}" if name == "wrong shape"
                 else k for k in keys[:5]]
       parts.append(f"{len(keys)} {name} (e.g. {', '.join(detail)})")
-  return "; ".join(parts) or "structures differ"
+  return "; ".join(parts)
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+  """``Type: message`` of an error's root cause (TensorStore wraps the informative error, such as
+  ``OUT_OF_RANGE: Error reading "..." in OCDBT database ...``, in a generic one), on one line."""
+  seen = set()
+  while error.__cause__ is not None and id(error) not in seen:
+    seen.add(id(error))
+    error = error.__cause__
+  text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
+  return f"{type(error).__name__}: {text[:limit]}"
+
+
+_filter_installed = False
+
+
+def _quiet_failed_read_aftermath() -> None:
+  """Keeps the aftermath of a failed Orbax read off stderr.
+
+  When one array of a step cannot be read, Orbax's restore raises (the error this module reports)
+  and leaves the other reads' coroutines and TensorStore callbacks behind; as they are finalised
+  each prints "Exception ignored in: <coroutine _read_array_index_and_device_put>" with a full
+  TensorStore spec, or "RuntimeError: Event loop is closed", hundreds of times for one step. This
+  installs (once) an ``sys.unraisablehook`` that drops exactly those two and passes on every
+  other unraisable exception; and a filter on the ``asyncio`` logger that drops its "exception
+  was never retrieved" reports of those same reads.
+  """
+  global _filter_installed
+  if _filter_installed:
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    value, obj = unraisable.exc_value, unraisable.object
+    if (isinstance(value, RuntimeError) and str(value) == "Event loop is closed") or (
+        getattr(obj, "__qualname__", "") == "_read_array_index_and_device_put"):
+      return
+    previous(unraisable)
+
+  def from_failed_read(record) -> bool:  # asyncio: "Future exception was never retrieved"
+    error = record.exc_info[1] if record.exc_info else None
+    while error is not None:
+      text = str(error)
+      if "Encountered error while reading array" in text or "in OCDBT database" in text:
+        return False
+      error = error.__cause__
+    return True
+
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(from_failed_read)
+  _filter_installed = True
+
+
+class UnreadableCheckpointError(ValueError):
+  """No checkpoint step that was asked for (or, by default, none at all) can be read."""
 
 
 def restore_ema_params(directory, model_config, *, mesh=None, config=None,
-                       step: int | None = None) -> dict:
-  """Restores the EMA parameters of ``step`` (default: newest) as a pure dict on ``mesh``.
+                       step: int | None = None, log=None) -> dict:
+  """Restores the EMA parameters of ``step`` (default: newest readable) as a pure dict on ``mesh``.
 
-  Raises FileNotFoundError when the directory holds no checkpoint and ValueError, listing the
-  differences, when the stored parameters do not match ``model_config``.
+  With ``step=None`` a newest step that cannot be read (a truncated or corrupt file, an
+  interrupted write) is reported through ``log`` (default: a Python warning) with its step,
+  directory and error, and the next older step is tried; nothing is moved (this is a reader).
+  Raises FileNotFoundError when the directory holds no checkpoint, ValueError listing the
+  differences when the stored parameters do not match ``model_config`` (at once: an older step
+  of the same run would not match either), and UnreadableCheckpointError naming every step tried
+  and its error when none (or the given ``step``) can be read.
   """
   path = epath.Path(_abs(directory))
   if not path.exists():
     raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+  if log is None:
+    log = lambda message: warnings.warn(message, stacklevel=3)
   mngr = create_manager(directory, async_save=False)
   try:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
+    steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
       raise FileNotFoundError(f"{directory} holds no checkpoint (no step directories)")
+    if step is not None and step not in mngr.all_steps():
+      raise FileNotFoundError(
+          f"{directory} has no checkpoint step {step} (steps: "
+          f"{', '.join(map(str, sorted(mngr.all_steps()))) or 'none'})")
     target = abstract_params(model_config, mesh, config)
-    try:
-      restored = mngr.restore(step, args=ocp.args.Composite(**{
-          EMA_PARAMS: ocp.args.StandardRestore(target)}))
-    except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(
-          f"checkpoint {directory} (step {step}) does not match the model config: "
-          f"{_describe_mismatch(directory, step, target)}") from e
-    return restored[EMA_PARAMS]
+    failed = []
+    for candidate in steps:
+      try:
+        restored = mngr.restore(candidate, args=ocp.args.Composite(**{
+            EMA_PARAMS: ocp.args.StandardRestore(target)}))
+      except Exception as e:  # pylint: disable=broad-except  (tensorstore, Orbax errors)
+        _quiet_failed_read_aftermath()
+        differences = _structure_differences(directory, candidate, target)
+        if differences:
+          raise ValueError(
+              f"checkpoint {directory} (step {candidate}) does not match the model config: "
+              f"{differences}") from e
+        failed.append((candidate, _one_line(e)))
+        if candidate != steps[-1]:
+          log(f"checkpoint step {candidate} in {directory} cannot be read ({_one_line(e)}); "
+              "trying the next older step")
+        continue
+      if failed:
+        log(f"using checkpoint step {candidate} in {directory}: newer step(s) "
+            f"{', '.join(str(s) for s, _ in failed)} cannot be read")
+      return restored[EMA_PARAMS]
+    raise UnreadableCheckpointError(
+        f"no checkpoint step in {directory} can be read ("
+        + "; ".join(f"step {s}: {error}" for s, error in failed) + ")")
   finally:
     mngr.close()
 
@@ -236,7 +335,8 @@ def _placeholder_value(x):
   return jax.numpy.zeros(x.shape, x.dtype)
 
 
-def load_model(directory, config, *, mesh=None, step: int | None = None) -> nnx.Module:
+def load_model(directory, config, *, mesh=None, step: int | None = None,
+               log=None) -> nnx.Module:
   """A PIDM in eval mode holding the EMA parameters of a checkpoint, sharded on ``mesh``.
 
   Raises ConfigMismatchError (before anything is restored or compiled) when ``config``'s model or
@@ -244,7 +344,8 @@ def load_model(directory, config, *, mesh=None, step: int | None = None) -> nnx.
   """
   check_config(directory, config)
   model = abstract_model(config.model)
-  params = restore_ema_params(directory, config.model, mesh=mesh, config=config, step=step)
+  params = restore_ema_params(directory, config.model, mesh=mesh, config=config, step=step,
+                              log=log)
   graphdef, abstract_state, rest = nnx.split(model, nnx.Param, ...)
   state = nnx.State(abstract_state)
   nnx.replace_by_pure_dict(state, params)
@@ -329,17 +430,16 @@ class TrainCheckpointer:
       try:
         state = self.restore(abstract_state, data_iterator, step=step)
       except Exception as e:  # pylint: disable=broad-except  (tensorstore, Orbax, grain errors)
-        message = " ".join(str(e).split())[:300]
-        failed.append((step, f"{type(e).__name__}: {message}"))
-        log(f"checkpoint step {step} in {self.directory} cannot be read: "
-            f"{type(e).__name__}: {message}")
+        _quiet_failed_read_aftermath()
+        failed.append((step, _one_line(e)))
+        log(f"checkpoint step {step} in {self.directory} cannot be read: {_one_line(e)}")
         continue
       for bad, _ in failed:
         self._move_aside(bad, log)
       if failed:
         self._mngr.reload()
       return state
-    raise ValueError(
+    raise UnreadableCheckpointError(
         f"no checkpoint in {self.directory} can be read (" + "; ".join(
             f"step {step}: {error}" for step, error in failed) + "); nothing was moved. To start "
         "over, use another --workdir or move the checkpoints directory away; if the config "

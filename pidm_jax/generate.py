@@ -219,7 +219,8 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
   if model is None:
     if checkpoint is None:
       raise ValueError("no checkpoint given (--checkpoint)")
-    model = checkpointing.load_model(checkpoint, config, mesh=mesh)
+    model = checkpointing.load_model(checkpoint, config, mesh=mesh,
+                                     log=lambda m: log(f"warning: {m}"))
   sampler = sampling.get_sampler(GaussianDiffusion.from_config(config.diffusion), options, mesh)
   key = jax.random.key(int(config.seed))
 

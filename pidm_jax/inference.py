@@ -80,11 +80,46 @@ def _open_rgb(path: str, what: str) -> Image.Image:
       img.load()
   except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
     raise InputError(f"{what} {path}: not a readable image ({type(e).__name__})") from None
-  if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+  return to_rgb8(img, f"{what} {path}")
+
+
+# PIL modes holding 16-bit values in integers (a 16-bit greyscale PNG opens as one of these).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb8(img: Image.Image, where: str = "image") -> Image.Image:
+  """Any PIL image as 8-bit RGB, with the scaling its mode needs, or InputError naming the mode.
+
+  * 16-bit greyscale (``I;16*``; ``I``, as PIL opens 16-bit PNGs): value / 257, rounded, so that
+    an 8-bit image saved as 16 bits (x * 257) comes back exactly; ``I`` values outside
+    0..65535 are refused (not a 16-bit image). PIL's own ``convert("RGB")`` clips these to 255,
+    which turns a photo almost white.
+  * alpha (``RGBA``, ``LA``, ``PA``, ``P`` with transparency, ``RGBa``, ``La``): composited onto the
+    padding grey (``PAD_VALUE``), the colour the network sees around a padded person.
+  * palette, bilevel, greyscale, CMYK, YCbCr and 16-bit RGB (which PIL reads as 8-bit ``RGB``):
+    PIL's conversion.
+  * floating point (``F``) and modes PIL cannot convert to RGB (``LAB``, ``HSV``): refused; their
+    range is not defined by the file.
+  """
+  mode = img.mode
+  if mode in _SIXTEEN_BIT_MODES:
+    values = np.asarray(img).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+      raise InputError(f"{where}: a 32-bit integer image (values {values.min()}..{values.max()}) "
+                       "is not a 16-bit image; save it as 8- or 16-bit")
+    grey = np.round(values / 257.0).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
+  if mode == "F":
+    raise InputError(f"{where}: floating-point images (mode F) have no defined range; save it as "
+                     "an 8- or 16-bit image")
+  if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
     img = img.convert("RGBA")
     background = Image.new("RGBA", img.size, (PAD_VALUE,) * 3 + (255,))
     img = Image.alpha_composite(background, img)
-  return img.convert("RGB")
+  try:
+    return img.convert("RGB")
+  except ValueError as e:
+    raise InputError(f"{where}: images of mode {mode} cannot be converted to RGB ({e})") from None
 
 
 def _place(img: Image.Image, size: tuple[int, int], mode: str, resample, fill) -> np.ndarray:
@@ -143,8 +178,13 @@ def _safe_name(name: str) -> str:
   return name or "pose"
 
 
-def read_poses(path: str, size: tuple[int, int]) -> list[PoseInput]:
-  """Reads one pose file (a .csv gives one pose per entry). Raises InputError naming the file."""
+def read_poses(path: str, size: tuple[int, int], person: int | None = None,
+               log=print) -> list[PoseInput]:
+  """Reads one pose file (a .csv gives one pose per entry). Raises InputError naming the file.
+
+  An OpenPose JSON with several people gives the ``person``-th (0-based), by default the most
+  complete skeleton (``pose.choose_person``), and says which through ``log``.
+  """
   if not os.path.isfile(path):
     raise InputError(f"pose file {path}: file not found")
   stem, ext = os.path.splitext(os.path.basename(path))
@@ -177,6 +217,19 @@ def read_poses(path: str, size: tuple[int, int]) -> list[PoseInput]:
     if ext not in POSE_EXTENSIONS:
       raise InputError(f"pose file {path}: unknown type {ext!r}; expected one of "
                        f"{POSE_EXTENSIONS}")
+    if ext == ".json":
+      people = pose_lib.read_openpose_people(path, dtype=np.float64)
+      if person is not None and not 0 <= person < len(people):
+        raise InputError(f"pose file {path}: --person={person}, but it holds {len(people)} "
+                         f"person(s) (0..{len(people) - 1})")
+      chosen = pose_lib.choose_person(people) if person is None else person
+      if len(people) > 1:
+        joints = [int(np.sum(np.all(kp != pose_lib.MISSING, axis=-1))) for kp in people]
+        why = (f"chosen with --person" if person is not None else
+               "the most complete skeleton, the larger on a tie; --person=N picks another")
+        log(f"pose file {path}: {len(people)} people (joints found: "
+            f"{', '.join(map(str, joints))}); using person {chosen} ({why})")
+      return [PoseInput(_safe_name(stem), path, keypoints=people[chosen])]
     return [PoseInput(_safe_name(stem), path,
                       keypoints=pose_lib.read_keypoints(path, dtype=np.float64))]
   except InputError:
@@ -202,6 +255,34 @@ def render_pose(pose: PoseInput, size: tuple[int, int], frame: str,
   elif frame != "network":
     raise InputError(f"pose frame {frame!r} is not one of {POSE_FRAMES}")
   return pose_lib.pose_map(kp, size[0], size[1])
+
+
+def off_image_joints(pose: PoseInput, size: tuple[int, int], frame: str,
+                     source_place: Placement | None) -> str | None:
+  """A warning naming the joints of ``pose`` that fall outside the network's image (other than
+  the missing mark -1), in ``frame`` as ``render_pose`` places them; None when all are inside.
+  Such joints are drawn as the official renderer (OpenCV) draws them, clipped at the border,
+  their limbs partly or not at all; the limb distance maps still measure to them."""
+  if pose.keypoints is None:
+    return None
+  kp = np.asarray(pose.keypoints, np.float64)
+  missing = np.any(kp == pose_lib.MISSING, axis=-1)
+  if frame == "deepfashion":
+    placed = pose_lib.deepfashion_to_frame(kp, size[0], size[1])
+  elif frame == "source":
+    placed = kp * np.array([source_place.scale_x, source_place.scale_y]) + np.array(
+        [source_place.offset_x, source_place.offset_y])
+  else:
+    placed = kp
+  h, w = size
+  outside = ~missing & ((placed[:, 0] < 0) | (placed[:, 0] > w - 1) | (placed[:, 1] < 0)
+                        | (placed[:, 1] > h - 1))
+  if not outside.any():
+    return None
+  names = [f"{pose_lib.JOINT_NAMES[j]} ({kp[j, 0]:g}, {kp[j, 1]:g})" for j in np.flatnonzero(outside)]
+  return (f"pose {pose.name} ({pose.path}): {len(names)} joint(s) outside the {w}x{h} image in "
+          f"the {frame} frame: {', '.join(names)}; they are drawn clipped at the border (or not "
+          "at all); mark undetected joints with -1")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,8 +382,8 @@ def check_config(config) -> tuple[int, int]:
 def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequence[str],
              out_dir: str, *, pose_dir: str | None = None, seed: int = 0, pairing: str = "all",
              reference: str | None = None, mask: str | None = None, resize: str = "stretch",
-             pose_frame: str = "source", model=None, mesh=None, progress: bool = True,
-             log=print) -> Result:
+             pose_frame: str = "source", person: int | None = None, model=None, mesh=None,
+             progress: bool = True, log=print) -> Result:
   """Samples every (source, pose) job and writes the PNGs and ``grid.png`` into ``out_dir``.
 
   Every input (files, sizes, the checkpoint against ``config``) is checked before compilation;
@@ -318,10 +399,11 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
     reference, mask: appearance control: keep ``reference`` outside the white region of ``mask``.
     resize: 'stretch' (official) or 'pad'.
     pose_frame: 'source', 'deepfashion' or 'network' (see the module docstring).
+    person: which person of an OpenPose JSON with several (0-based; default: the most complete).
     model: an already loaded PIDM (skips the checkpoint).
     mesh: the device mesh (default: from ``config.mesh``).
     progress: show a progress bar over batches.
-    log: where the timing lines go.
+    log: where the timing lines, the chosen person and warnings go.
   """
   from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from pidm_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -349,7 +431,7 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
   for path in sources:
     image, original = load_image(path, size, resize, what="source image")
     source_inputs.append(SourceInput(_stem(path), path, image, original))
-  pose_inputs = [p for path in pose_paths for p in read_poses(path, size)]
+  pose_inputs = [p for path in pose_paths for p in read_poses(path, size, person, log)]
   jobs = make_jobs(len(source_inputs), len(pose_inputs), pairing)
   ref_image = ref_mask = None
   if reference is not None:
@@ -366,8 +448,17 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
                               placement(src.original, size, resize))
     return maps[key]
 
+  warned = set()
   for s, p in jobs:  # renders (and so checks) every pose before compiling
     pose_for(s, p)
+    key = (p, s if pose_frame == "source" else -1)
+    if key not in warned:
+      warned.add(key)
+      message = off_image_joints(pose_inputs[p], size, pose_frame,
+                                 placement(source_inputs[s].original, size, resize))
+      if message and message not in warned:
+        warned.add(message)
+        log(f"warning: {message}")
 
   if mesh is None:
     mesh = sharding.create_mesh(config.mesh)
@@ -375,7 +466,8 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
     if checkpoint is None:
       raise InputError("no checkpoint given (--checkpoint)")
     try:
-      model = checkpointing.load_model(checkpoint, config, mesh=mesh)
+      model = checkpointing.load_model(checkpoint, config, mesh=mesh,
+                                       log=lambda m: log(f"warning: {m}"))
     except (FileNotFoundError, ValueError) as e:
       # one line, except a config mismatch: one line per differing field
       message = (str(e) if isinstance(e, checkpointing.ConfigMismatchError)
@@ -415,9 +507,12 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     iterator = tqdm(batches, desc="sampling", unit="batch")
   start = time.perf_counter()
+  first_seconds = 0.0
   for k, chunk in enumerate(iterator):
     images = sampling.gather(run(model, make_batch(chunk), jax.random.fold_in(key, k)))
     results.extend(to_uint8(images[:len(chunk)]))
+    if k == 0:
+      first_seconds = time.perf_counter() - start
   sample_seconds = time.perf_counter() - start
 
   paths = []
@@ -429,10 +524,16 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
     grid_path = os.path.join(out_dir, "grid.png")
     _save_png(grid_path, _make_grid(jobs, results, source_inputs, pose_for, pairing,
                                     len(pose_inputs), size, ref_image, ref_mask))
-  log(f"compiled in {compile_seconds:.1f} s; sampled {len(jobs)} images in {len(batches)} "
-      f"batches of {batch_size} in {sample_seconds:.1f} s "
-      f"({sample_seconds / max(len(jobs), 1):.2f} s per image, {options.algorithm}, "
-      f"{sampler.plan.num_steps} steps)")
+  # What each figure measures: the ahead-of-time compile of the very program that samples (no
+  # compilation happens after it), the first batch's run (it also pays one-off costs such as
+  # allocating buffers), then the other batches.
+  rest = (f"; the other {len(batches) - 1} batch(es) in {sample_seconds - first_seconds:.1f} s "
+          f"({(sample_seconds - first_seconds) / (len(batches) - 1):.2f} s per batch)"
+          if len(batches) > 1 else "")
+  log(f"sampled {len(jobs)} images in {len(batches)} batch(es) of {batch_size} "
+      f"({options.algorithm}, {sampler.plan.num_steps} steps): compiling the sampler took "
+      f"{compile_seconds:.1f} s, running the first batch {first_seconds:.1f} s{rest}; "
+      f"{sample_seconds / max(len(jobs), 1):.2f} s per image in all")
   return Result(paths, grid_path, compile_seconds, sample_seconds, len(batches), batch_size)
 
 

@@ -506,12 +506,36 @@ def read_keypoints_csv(path, dtype=np.float32) -> dict[str, np.ndarray]:
     return out
 
 
-def read_openpose_json(path, threshold: float = 0.05, dtype=np.float32) -> np.ndarray:
-    """Reads the first person of an OpenPose JSON file (COCO-18 or BODY_25 ``pose_keypoints_2d``).
+def choose_person(people) -> int:
+    """The index of the most complete skeleton among (18, 2) keypoint arrays (most joints found);
+    on a tie, the one whose found joints span the largest box (the nearest person, usually)."""
+    def score(kp):
+        kp = np.asarray(kp, np.float64)
+        found = kp[np.all(kp != MISSING, axis=-1)]
+        area = float(np.prod(found.max(0) - found.min(0))) if len(found) > 1 else 0.0
+        return (len(found), area)
+    scores = [score(kp) for kp in people]
+    return max(range(len(people)), key=lambda i: (scores[i], -i))
+
+
+def read_openpose_json(path, threshold: float = 0.05, dtype=np.float32,
+                       person: int | None = None) -> np.ndarray:
+    """Reads one person of an OpenPose JSON file (COCO-18 or BODY_25 ``pose_keypoints_2d``):
+    ``person`` (0-based), by default the most complete skeleton (``choose_person``).
 
     BODY_25 joints are mapped to the 18 COCO joints (mid-hip and feet dropped). A joint with
     confidence below ``threshold`` (OpenPose writes 0 for undetected joints) is missing (-1).
     """
+    people = read_openpose_people(path, threshold, dtype)
+    if person is None:
+        return people[choose_person(people)]
+    if not 0 <= person < len(people):
+        raise _fail(path, f"a person {person} (0-based)", f"{len(people)} person(s)")
+    return people[person]
+
+
+def read_openpose_people(path, threshold: float = 0.05, dtype=np.float32) -> list[np.ndarray]:
+    """Every person of an OpenPose JSON file as (18, 2) keypoints, in the file's order."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -520,12 +544,15 @@ def read_openpose_json(path, threshold: float = 0.05, dtype=np.float32) -> np.nd
     people = data.get("people") if isinstance(data, Mapping) else None
     if not people or not isinstance(people, list):
         raise _fail(path, "an OpenPose JSON with at least one entry in 'people'", "no person")
-    person = people[0]
+    return [_openpose_person(path, person, k, threshold, dtype) for k, person in enumerate(people)]
+
+
+def _openpose_person(path, person, k: int, threshold: float, dtype) -> np.ndarray:
     if not isinstance(person, Mapping):
         raise _fail(path, "an object per person in 'people'", repr(person)[:80])
     values = person.get("pose_keypoints_2d", person.get("pose_keypoints"))
     if values is None:
-        raise _fail(path, "'pose_keypoints_2d' in the first person", f"keys {sorted(person)}")
+        raise _fail(path, f"'pose_keypoints_2d' in person {k}", f"keys {sorted(person)}")
     try:
         values = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):

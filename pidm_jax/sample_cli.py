@@ -39,6 +39,8 @@ _RESIZE = flags.DEFINE_enum("resize", "stretch", list(inference.RESIZE_MODES),
 _POSE_FRAME = flags.DEFINE_enum("pose_frame", "source", list(inference.POSE_FRAMES),
                                 "Keypoint frame: the source image's pixels, the DeepFashion "
                                 "keypoint frame, or the network's pixels.")
+_PERSON = flags.DEFINE_integer("person", None, "OpenPose JSON with several people: which one "
+                               "(0-based); default: the most complete skeleton.", lower_bound=0)
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
                                "(multi-host runs; each host reads the same files). Also done "
                                "when the environment describes a multi-process run.")
@@ -52,7 +54,7 @@ def main(argv):
         _CONFIG.value, _CHECKPOINT.value, _SOURCE.value, _POSE.value, _OUT.value,
         pose_dir=_POSE_DIR.value, seed=_SEED.value, pairing=_PAIRING.value,
         reference=_REFERENCE.value, mask=_MASK.value, resize=_RESIZE.value,
-        pose_frame=_POSE_FRAME.value)
+        pose_frame=_POSE_FRAME.value, person=_PERSON.value)
   except inference.InputError as e:
     console.fail(e, keep_lines=True)  # one line; a config mismatch: one more line per field
 

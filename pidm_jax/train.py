@@ -9,10 +9,12 @@ condition (and optionally the pose) for classifier-free guidance, uses the hybri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -88,11 +90,15 @@ def ema_decay(step: jax.Array, train_cfg) -> jax.Array:
   return jnp.where(step < train_cfg.warmup_steps, 0.0, train_cfg.ema_decay)
 
 
+class SetupError(ValueError):
+  """A run that cannot start as configured (batch size, workdir, disk space); said in one line."""
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   """The global batch (samples = 2 x pairs) must split into pairs evenly over the mesh."""
   divisor = sharding_lib.batch_size_divisor(mesh)
   if batch_size % 2 or (batch_size // 2) % divisor:
-    raise ValueError(
+    raise SetupError(
         f"config.train.batch_size = {batch_size} samples must be 2 x a multiple of {divisor} "
         f"pairs (the mesh splits the batch over {divisor} devices; each pair is trained in "
         f"both directions)")
@@ -294,6 +300,38 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
+def check_workdir(workdir: str, checkpoint_bytes: int, keep_checkpoints: int) -> None:
+  """Fails before training when ``workdir`` cannot be written or its disk cannot hold the
+  checkpoints: ``keep_checkpoints`` + 1 (the one being written) of ``checkpoint_bytes`` each, the
+  uncompressed size of the train state and EMA parameters (Orbax's zstd saves a little less)."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}_{os.getpid()}")
+    with open(probe, "wb") as f:
+      f.write(b"\0" * 4096)
+      f.flush()
+      os.fsync(f.fileno())
+    os.remove(probe)
+  except OSError as e:
+    raise SetupError(f"workdir {workdir} cannot be written ({e.strerror or e}); give a "
+                     "--workdir this user can write") from None
+  needed = (int(keep_checkpoints) + 1) * int(checkpoint_bytes)
+  free = shutil.disk_usage(workdir).free
+  if free < needed:
+    raise SetupError(
+        f"workdir {workdir} has {free / 2**20:.0f} MiB free, but {keep_checkpoints} kept "
+        f"checkpoints and the one being written need about {needed / 2**20:.0f} MiB "
+        f"({checkpoint_bytes / 2**20:.0f} MiB each); free space, lower "
+        "--config.train.keep_checkpoints or use another --workdir")
+
+
+def state_bytes(abstract_state) -> int:
+  """Bytes of a train state's arrays (what one checkpoint stores, before compression)."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(abstract_state) if hasattr(x, "shape")
+             and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+
+
 def ensure_dataset(config) -> None:
   """Builds the procedural ``synthetic_people`` set if it is missing (it needs no download)."""
   if config.data.dataset != "synthetic_people":
@@ -481,16 +519,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   tcfg = config.train
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise SetupError(f"workdir {workdir} cannot be created ({e.strerror or e})") from None
   mesh = sharding_lib.create_mesh(config.mesh)
   check_batch_size(tcfg.batch_size, mesh)
   console.say(f"mesh {dict(mesh.shape)} over {mesh.size} device(s) of kind "
               f"{mesh.devices.flat[0].device_kind!r}, {jax.process_count()} process(es)")
-  ensure_dataset(config)
   # The abstract model is built outside the mesh context: its parameters carry logical axis
   # names, which the Trainer maps to mesh axes itself.
   trainer = Trainer(config, mesh)
+  check_workdir(workdir, state_bytes(trainer.abstract_state), tcfg.keep_checkpoints)
+  ensure_dataset(config)
   with jax.set_mesh(mesh):
     train_iter, eval_data = pipeline.create_datasets(
         config, trainer.batch_sharding,
@@ -509,8 +551,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       stored = checkpointing.read_config_json(tcfg.init_checkpoint)
       for line in checkpointing.config_mismatches(stored or {}, config, ("diffusion",)):
         logging.warning("init_checkpoint %s: %s", tcfg.init_checkpoint, line)
-      params = checkpointing.restore_ema_params(tcfg.init_checkpoint, config.model, mesh=mesh,
-                                                config=config)
+      params = checkpointing.restore_ema_params(
+          tcfg.init_checkpoint, config.model, mesh=mesh, config=config,
+          log=lambda message: console.say(f"warning: {message}"))
       state = trainer.state_from_params(params, config.seed)
       console.say(f"initialised from {tcfg.init_checkpoint}")
     else:
@@ -531,7 +574,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t_last, step_last = time.time(), start
     t_start = time.time()
     progress = console.Progress(tcfg.num_train_steps)  # rate and ETA: compile and pauses left out
-    with _Preemption() as preempt:
+    with _Preemption() as preempt, _finish_saves_on_error(ckpt):
       step = start
       while step < tcfg.num_train_steps:
         batch = next(train_iter)
@@ -595,6 +638,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
       writer.close()
       _write_summary(workdir, summary)
     return summary
+
+
+@contextlib.contextmanager
+def _finish_saves_on_error(ckpt):
+  """When the loop fails (a damaged record, a non-finite loss), the asynchronous save in flight
+  is finished before the error ends the program: otherwise the interpreter's exit cuts it off
+  ("cannot schedule new futures after shutdown") and that step is lost."""
+  try:
+    yield
+  except BaseException:
+    try:
+      ckpt.close()
+    except Exception as e:  # pylint: disable=broad-except  (the first error is the one to report)
+      logging.error("finishing the checkpoint in flight failed: %s", e)
+    raise
 
 
 def _write_summary(workdir: str, summary: dict) -> None:

@@ -29,7 +29,14 @@ def main(argv):
                                    os.path.join(FLAGS.workdir, "jax_cache")))
   console.say(f"JAX {jax.__version__}: {jax.process_count()} process(es), {jax.device_count()} "
               f"device(s) ({jax.devices()[0].device_kind})")
-  summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  try:
+    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (train.SetupError, FileNotFoundError, PermissionError, pipeline.DataSetError,
+          checkpointing.UnreadableCheckpointError, checkpointing.ConfigMismatchError) as e:
+    # the user's to fix (workdir, data, checkpoint, config), said in one line: see console.fail
+    console.fail(e, keep_lines=isinstance(e, checkpointing.ConfigMismatchError))
   if "ssim" in summary:
     shown = lambda path: os.path.join(FLAGS.workdir, "samples", os.path.basename(path))
     console.say(f"test SSIM of the samples: {summary['ssim']:.4f}   with another person's "

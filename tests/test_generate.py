@@ -145,7 +145,7 @@ def test_every_pair_once_resume_and_evaluation(setup, tmp_path, monkeypatch):
   # the checkpoint is really read once; the resumed run reuses that model (restoring takes seconds)
   loaded = {}
   load_model = checkpointing.load_model
-  monkeypatch.setattr(checkpointing, "load_model", lambda directory, config, mesh: (
+  monkeypatch.setattr(checkpointing, "load_model", lambda directory, config, mesh, log: (
       loaded.setdefault(directory, load_model(directory, config, mesh=mesh))))
   mesh = _mesh(config)
   result = generate.generate_split(config, str(root / "ckpt"), str(out), write_ground_truth=True,

@@ -426,10 +426,23 @@ def test_read_openpose_coco18(tmp_path):
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(pose.read_keypoints(path), expected)
     np.testing.assert_array_equal(pose.read_openpose_json(path, threshold=0.01)[7], kp[7])
-    # The older key name and a second person (ignored).
-    path2 = _openpose(tmp_path, "b.json", None, people=[{"pose_keypoints": values},
-                                                          {"pose_keypoints": [0] * 54}])
+    # The older key name and a second person with no joint found (not chosen).
+    path2 = _openpose(tmp_path, "b.json", None, people=[{"pose_keypoints": [0] * 54},
+                                                          {"pose_keypoints": values}])
     np.testing.assert_array_equal(pose.read_openpose_json(path2), expected)
+    np.testing.assert_array_equal(pose.read_openpose_json(path2, person=0), np.full((18, 2), -1))
+    with pytest.raises(ValueError, match="person 2"):
+        pose.read_openpose_json(path2, person=2)
+
+
+def test_choose_person_most_complete_then_largest():
+    small = np.stack([np.arange(18.0), np.arange(18.0)], 1)        # 18 joints in a 17 x 17 box
+    large = small * 5                                               # 18 joints, 85 x 85
+    partial = large.copy()
+    partial[0] = MISSING                                            # 17 joints
+    assert pose.choose_person([partial, small]) == 1                # more joints beats size
+    assert pose.choose_person([small, large, partial]) == 1         # a tie: the larger box
+    assert pose.choose_person([small, small.copy()]) == 0           # a full tie: the first
 
 
 def test_read_openpose_body25(tmp_path):

@@ -2,9 +2,11 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,7 +166,7 @@ def test_sample_py_uses_the_checkpoints_own_config(files, tmp_path):
   err = refused.stderr.strip().splitlines()
   assert err[-1].strip() == "diffusion.prediction: stored 'v', given 'eps'", err[-5:]
   assert "was written with another model or diffusion" in refused.stderr
-  assert "compiled in" not in refused.stdout + refused.stderr
+  assert "compiling the sampler took" not in refused.stdout + refused.stderr
   assert not (tmp_path / "refused").exists() or not os.listdir(tmp_path / "refused")
 
 
@@ -197,7 +199,10 @@ def test_sample_py_writes_pngs_and_grid(files, tmp_path):
   np.testing.assert_array_equal(grid[96:, :32], reference)
   log = result.stdout + result.stderr
   # config.sample.batch_size = 4 on one device: three batches, the last one padded
-  assert "compiled in" in log and "10 images in 3 batches of 4" in log
+  assert "10 images in 3 batch(es) of 4" in log, log
+  timing = re.search(r"compiling the sampler took ([\d.]+) s, running the first batch ([\d.]+) s; "
+                     r"the other 2 batch\(es\) in ([\d.]+) s", log)
+  assert timing, log
 
 
 def test_paired_jobs_and_grid():
@@ -284,3 +289,86 @@ def test_sample_py_error_is_one_line(files, tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "short.txt: expected 18 lines" in last
   assert not os.listdir(tmp_path)
+
+
+def test_image_modes_are_scaled_to_the_8bit_original(tmp_path):
+  """16-bit, palette, greyscale, CMYK and alpha images give the 8-bit RGB original exactly."""
+  rng = np.random.default_rng(3)
+  colours = rng.integers(0, 256, (8, 3), np.uint8)
+  rgb = colours[rng.integers(0, 8, (16, 12))]          # 8 colours: a palette holds them exactly
+  grey = np.asarray(Image.fromarray(rgb).convert("L"))
+  grey_rgb = np.repeat(grey[..., None], 3, axis=-1)
+  size = rgb.shape[:2]                                  # no resize: pixels compare one to one
+  load = lambda name: inference.load_image(str(tmp_path / name), size)[0]
+
+  Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")  # 16-bit PNG
+  assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+  np.testing.assert_array_equal(load("grey16.png"), grey_rgb)
+  rgb16 = rgb.astype(np.uint16) * 257
+  cv2.imwrite(str(tmp_path / "rgb16.png"), rgb16[..., ::-1])                    # 16-bit RGB PNG
+  np.testing.assert_array_equal(load("rgb16.png"), rgb)
+  Image.fromarray(grey).save(tmp_path / "grey8.png")
+  np.testing.assert_array_equal(load("grey8.png"), grey_rgb)
+  Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8).save(
+      tmp_path / "palette.png")
+  assert Image.open(tmp_path / "palette.png").mode == "P"
+  np.testing.assert_array_equal(load("palette.png"), rgb)
+  Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.tif")
+  assert Image.open(tmp_path / "cmyk.tif").mode == "CMYK"
+  np.testing.assert_array_equal(load("cmyk.tif"), rgb)
+  alpha = np.full(size, 255, np.uint8)
+  alpha[:, :4] = 0                                      # transparent: the padding colour
+  Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "rgba.png")
+  want = rgb.copy()
+  want[:, :4] = inference.PAD_VALUE
+  np.testing.assert_array_equal(load("rgba.png"), want)
+  Image.fromarray(np.dstack([grey, alpha]), "LA").save(tmp_path / "la.png")
+  want = grey_rgb.copy()
+  want[:, :4] = inference.PAD_VALUE
+  np.testing.assert_array_equal(load("la.png"), want)
+  # refused by name: floating point (no defined range), 32-bit integers beyond 16 bits
+  Image.fromarray(grey.astype(np.float32) / 255, "F").save(tmp_path / "float.tif")
+  with pytest.raises(inference.InputError, match=r"float\.tif: floating-point images"):
+    load("float.tif")
+  Image.fromarray(grey.astype(np.int32) * 70000, "I").save(tmp_path / "int32.tif")
+  with pytest.raises(inference.InputError, match=r"int32\.tif: a 32-bit integer image"):
+    load("int32.tif")
+
+
+def test_several_people_the_most_complete_is_used_and_said(tmp_path):
+  rng = np.random.default_rng(5)
+  full, partial = _keypoints(rng, 40, 48), _keypoints(rng, 40, 48)
+  partial[:9] = -1
+  as_openpose = lambda kp: {"pose_keypoints_2d": np.concatenate(
+      [np.where(kp == -1, 0, kp), np.where(kp[:, :1] == -1, 0.0, 1.0)], 1).ravel().tolist()}
+  path = tmp_path / "two.json"
+  path.write_text(json.dumps({"people": [as_openpose(partial), as_openpose(full)]}))
+  said = []
+  chosen = inference.read_poses(str(path), SIZE, log=said.append)[0]
+  np.testing.assert_array_equal(chosen.keypoints, full)
+  assert len(said) == 1 and "2 people (joints found: 8, 16); using person 1 (the most " \
+      "complete skeleton" in said[0] and "--person=N picks another" in said[0], said
+  picked = inference.read_poses(str(path), SIZE, person=0, log=said.append)[0]
+  np.testing.assert_array_equal(picked.keypoints, partial)
+  with pytest.raises(inference.InputError, match=r"two\.json: --person=2, but it holds 2"):
+    inference.read_poses(str(path), SIZE, person=2)
+
+
+def test_joints_outside_the_image_are_named(files):
+  kp = _keypoints(np.random.default_rng(6), 40, 48)
+  inside = inference.PoseInput("in", "in.txt", keypoints=kp)
+  place = inference.placement((48, 40), SIZE, "stretch")
+  assert inference.off_image_joints(inside, SIZE, "source", place) is None
+  kp = kp.copy()
+  kp[4] = (-5.0, 10.0)     # left of the image (not the -1 mark)
+  kp[10] = (20.0, 60.0)    # below it
+  outside = inference.PoseInput("out", "out.txt", keypoints=kp)
+  message = inference.off_image_joints(outside, SIZE, "source", place)
+  assert message.startswith("pose out (out.txt): 2 joint(s) outside the 32x32 image in the "
+                            "source frame: "), message
+  names = pose_lib.JOINT_NAMES
+  assert f"{names[4]} (-5, 10)" in message and f"{names[10]} (20, 60)" in message
+  # the pose map itself is what the official renderer draws (unchanged by the check)
+  np.testing.assert_array_equal(inference.render_pose(outside, SIZE, "source", place),
+                                pose_lib.pose_map(pose_lib.scale_keypoints(kp, (48, 40), SIZE),
+                                                  *SIZE))
