@@ -56,6 +56,13 @@ class _Run:
       self.lines.append(line)
       self.log.write(line)
 
+  def last_step(self) -> int | None:
+    """The newest step of the progress lines (``step  25/300 loss ...``)."""
+    for line in reversed(self.lines):
+      if line.startswith("step "):
+        return int(line.split()[1].split("/")[0])
+    return None
+
   def stepping(self) -> bool:
     return any(line.startswith("step ") for line in self.lines)
 
@@ -64,6 +71,13 @@ class _Run:
     self._reader.join(10)
     self.log.flush()
     return code
+
+
+def _newest_step(checkpoints: str) -> int:
+  try:
+    return max((int(n) for n in os.listdir(checkpoints) if n.isdigit()), default=0)
+  except FileNotFoundError:
+    return 0
 
 
 def _saving(checkpoints: str) -> bool:
@@ -110,6 +124,11 @@ def run(workdir: str, steps: int = 300, kills: int = 8, seed: int = 0,
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
              JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "jax_cache"),
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  # one CPU device per run, as a user's: a forced host device count (the test suite sets one)
+  # would change the mesh, and the tiny batch may not split over it
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join(flags)
   log_path = os.path.join(workdir, "train_output.log")
   deadline = time.monotonic() + timeout
 
@@ -130,6 +149,8 @@ def run(workdir: str, steps: int = 300, kills: int = 8, seed: int = 0,
   while True:
     if time.monotonic() > deadline:
       raise RuntimeError(f"fault injection ran past {timeout} s")
+    had_checkpoint = os.path.isdir(checkpoints) and any(
+        n.isdigit() for n in os.listdir(checkpoints))
     proc = _Run(command, env, log_path)
     starts += 1
     if len(events) >= kills:  # the last start runs to the end
@@ -141,15 +162,19 @@ def run(workdir: str, steps: int = 300, kills: int = 8, seed: int = 0,
     sig = signal.SIGTERM if len(events) % 2 == 0 else signal.SIGKILL
     moment = moments[len(events) % len(moments)] if len(events) < len(moments) else \
         rng.choice(moments)
-    delay = rng.uniform(0.0, 4.0)
+    delay = rng.uniform(0.0, 4.0)  # start-up: seconds after launch
+    # between steps / during a save: at a random step of what is left, spreading the kills
+    # over the whole run
+    done = _newest_step(checkpoints)
+    target = rng.randint(done + 1, max(done + 1, steps - 2 * checkpoint_every))
     fired = None
     while proc.process.poll() is None and time.monotonic() < deadline:
       if moment == "during start-up" and time.monotonic() - proc.started >= delay:
         fired = "before the first step" if not proc.stepping() else "between steps"
-      elif moment == "between steps" and proc.stepping() and \
-          time.monotonic() - proc.started >= delay:
+      elif moment == "between steps" and (proc.last_step() or 0) >= target:
         fired = "between steps"
-      elif moment == "during an asynchronous save" and _saving(checkpoints):
+      elif (moment == "during an asynchronous save" and (proc.last_step() or 0) >= target
+            and _saving(checkpoints)):
         fired = "during an asynchronous save"
       if fired:
         proc.process.send_signal(sig)
@@ -162,11 +187,13 @@ def run(workdir: str, steps: int = 300, kills: int = 8, seed: int = 0,
                            "".join(proc.lines[-20:]))
       log(f"the run finished before a kill {moment}; {len(events)} kills in all")
       break
-    resumed = [line.strip() for line in proc.lines if line.startswith("resumed from step")]
-    last_step = max((int(line.split()[1].split("/")[0]) for line in proc.lines
-                     if line.startswith("step ")), default=None)
+    # "resumed from step N of <dir>" -> "resumed from step N" (no machine paths in results)
+    resumed = [" ".join(line.split()[:4]) for line in proc.lines
+               if line.startswith("resumed from step")]
+    last_step = proc.last_step()
     events.append({"signal": sig.name, "moment": fired, "exit_status": code,
-                   "resumed_from": resumed[0] if resumed else "start",
+                   "resumed_from": resumed[0] if resumed else (
+                       "killed before it resumed" if had_checkpoint else "started from scratch"),
                    "last_logged_step": last_step,
                    "unreadable_moved_aside": sorted(
                        n for n in os.listdir(checkpoints) if n.startswith("unreadable_step_"))

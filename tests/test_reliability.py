@@ -36,8 +36,8 @@ def _damage(directory, step, files=4):
   """Truncates the largest ``files`` array files of a step's EMA parameters to 100 bytes."""
   data = os.path.join(directory, str(step), "ema_params", "ocdbt.process_0", "d")
   names = sorted(os.listdir(data), key=lambda n: -os.path.getsize(os.path.join(data, n)))[:files]
-  assert names and os.path.getsize(os.path.join(data, names[-1])) > 1000, data
-  for name in names:
+  assert names and os.path.getsize(os.path.join(data, names[0])) > 1000, data
+  for name in [n for n in names if os.path.getsize(os.path.join(data, n)) > 100]:
     with open(os.path.join(data, name), "r+b") as f:
       f.truncate(100)
 
