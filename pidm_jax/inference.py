@@ -244,17 +244,24 @@ def render_pose(pose: PoseInput, size: tuple[int, int], frame: str,
   """The (H, W, 20) float32 pose map of ``pose`` in the network frame."""
   if pose.pose_map is not None:
     return pose.pose_map
+  return pose_lib.pose_map(_network_keypoints(pose, size, frame, source_place), size[0], size[1])
+
+
+def _network_keypoints(pose: PoseInput, size: tuple[int, int], frame: str,
+                       source_place: Placement | None) -> np.ndarray:
+  """``pose``'s keypoints moved from ``frame`` into the network's pixels (missing stay -1)."""
   kp = np.asarray(pose.keypoints, np.float64)
   if frame == "deepfashion":
-    kp = pose_lib.deepfashion_to_frame(kp, size[0], size[1])
-  elif frame == "source":
+    return pose_lib.deepfashion_to_frame(kp, size[0], size[1])
+  if frame == "source":
     missing = np.any(kp == pose_lib.MISSING, axis=-1)
     kp = kp * np.array([source_place.scale_x, source_place.scale_y]) + np.array(
         [source_place.offset_x, source_place.offset_y])
     kp[missing] = pose_lib.MISSING
-  elif frame != "network":
+    return kp
+  if frame != "network":
     raise InputError(f"pose frame {frame!r} is not one of {POSE_FRAMES}")
-  return pose_lib.pose_map(kp, size[0], size[1])
+  return kp
 
 
 def off_image_joints(pose: PoseInput, size: tuple[int, int], frame: str,
@@ -267,13 +274,7 @@ def off_image_joints(pose: PoseInput, size: tuple[int, int], frame: str,
     return None
   kp = np.asarray(pose.keypoints, np.float64)
   missing = np.any(kp == pose_lib.MISSING, axis=-1)
-  if frame == "deepfashion":
-    placed = pose_lib.deepfashion_to_frame(kp, size[0], size[1])
-  elif frame == "source":
-    placed = kp * np.array([source_place.scale_x, source_place.scale_y]) + np.array(
-        [source_place.offset_x, source_place.offset_y])
-  else:
-    placed = kp
+  placed = _network_keypoints(pose, size, frame, source_place)
   h, w = size
   outside = ~missing & ((placed[:, 0] < 0) | (placed[:, 0] > w - 1) | (placed[:, 1] < 0)
                         | (placed[:, 1] > h - 1))
@@ -448,17 +449,16 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
                               placement(src.original, size, resize))
     return maps[key]
 
-  warned = set()
+  warnings = []
   for s, p in jobs:  # renders (and so checks) every pose before compiling
+    if (p, s if pose_frame == "source" else -1) in maps:
+      continue
     pose_for(s, p)
-    key = (p, s if pose_frame == "source" else -1)
-    if key not in warned:
-      warned.add(key)
-      message = off_image_joints(pose_inputs[p], size, pose_frame,
-                                 placement(source_inputs[s].original, size, resize))
-      if message and message not in warned:
-        warned.add(message)
-        log(f"warning: {message}")
+    message = off_image_joints(pose_inputs[p], size, pose_frame,
+                               placement(source_inputs[s].original, size, resize))
+    if message and message not in warnings:
+      warnings.append(message)
+      log(f"warning: {message}")
 
   if mesh is None:
     mesh = sharding.create_mesh(config.mesh)
