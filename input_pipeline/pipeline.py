@@ -286,7 +286,7 @@ def _text(value) -> str:
 def dataset_name(config) -> str:
   """``name/config`` of the TFDS data set of ``config.data``."""
   name = config.data.dataset
-  builder_config = config.data.get("builder_config")
+  builder_config = config.data.builder_config
   return f"{name}/{builder_config}" if builder_config else name
 
 
@@ -353,7 +353,7 @@ def data_source(config, split: str, *, images: bool = True):
   decoders = None
   if not images:
     decoders = {k: tfds.decode.SkipDecoding() for k in ("source_image", "target_image")}
-  data_dir = config.data.get("data_dir")
+  data_dir = config.data.data_dir
   builder = build.builder(name, data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
@@ -375,9 +375,8 @@ def _transform(config, train: bool) -> PairTransform:
     raise ValueError(f"config.data.image_size: expected (height, width), got {data.image_size}")
   if not train:
     return PairTransform(size)
-  return PairTransform(size, scale_aug=float(data.get("scale_aug", 0.0)),
-                       flip_prob=float(data.get("flip_prob", 0.0)),
-                       swap_left_right=bool(data.get("swap_left_right_on_flip", False)))
+  return PairTransform(size, scale_aug=float(data.scale_aug), flip_prob=float(data.flip_prob),
+                       swap_left_right=bool(data.swap_left_right_on_flip))
 
 
 def create_datasets(config, batch_sharding=None, *, train_split: str | None = "train",
@@ -408,9 +407,9 @@ def create_datasets(config, batch_sharding=None, *, train_split: str | None = "t
   data = config.data
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  seed = int(data.get("shuffle_buffer_seed", 0) if seed is None else seed)
-  worker_count = int(data.get("worker_count", 0))
-  prefetch = int(data.get("prefetch", 2))
+  seed = int(data.shuffle_buffer_seed if seed is None else seed)
+  worker_count = int(data.worker_count)
+  prefetch = int(data.prefetch)
   default_source = source_fn is None
   source_fn = source_fn or (lambda split: data_source(config, split))
   if config.train.batch_size % 2:

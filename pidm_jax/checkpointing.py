@@ -124,10 +124,11 @@ def abstract_params(model_config, mesh=None, config=None) -> dict:
     shard = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: shard, params)
   else:
-    rules = sharding_lib.rules_from_config(config) if config is not None else \
-        sharding_lib.DEFAULT_RULES
-    min_size = sharding_lib.min_shard_size_from_config(config) if config is not None else \
-        sharding_lib.DEFAULT_MIN_SHARD_SIZE
+    if config is None:
+      raise ValueError("abstract_params: parameter shardings on a mesh need the run's config "
+                       "(config.sharding)")
+    rules = sharding_lib.rules_from_config(config)
+    min_size = sharding_lib.min_shard_size_from_config(config)
     shardings = sharding_lib.state_shardings(params, mesh, rules, min_size)
   target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
                         params.to_pure_dict(), shardings.to_pure_dict())

@@ -1047,7 +1047,7 @@ def main(argv=None) -> int:
     elif config is None:
       config_name = console.config_file("default")
       config = load_config(config_name)
-    prediction = config.get("diffusion", {}).get("prediction", "eps")
+    prediction = config.diffusion.prediction
     if prediction != "eps":
       raise ValueError(f"the official PIDM predicts eps, but {config_name} sets "
                        f"diffusion.prediction = {prediction!r}: its weights mean something else; "

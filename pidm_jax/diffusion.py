@@ -168,9 +168,9 @@ class GaussianDiffusion:
   @classmethod
   def from_config(cls, cfg) -> "GaussianDiffusion":
     """Builds from ``config.diffusion`` (num_timesteps, beta_schedule, beta_start, beta_end,
-    prediction: "eps" unless given)."""
-    return cls(beta_schedule(cfg.beta_schedule, cfg.num_timesteps, cfg.get("beta_start", 1e-4),
-                             cfg.get("beta_end", 2e-2)), cfg.get("prediction", "eps"))
+    prediction)."""
+    return cls(beta_schedule(cfg.beta_schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end),
+               cfg.prediction)
 
   @property
   def num_timesteps(self) -> int:

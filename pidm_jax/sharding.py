@@ -21,21 +21,13 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from pidm_jax.models.layers import LOGICAL_AXES
+
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
 
-# Logical parameter axis -> mesh axis (None = replicated). Output channels of convolutions and
-# dense layers are split over 'fsdp'; everything else is replicated.
-DEFAULT_RULES = (
-    ("conv_height", None),
-    ("conv_width", None),
-    ("conv_in", None),
-    ("conv_out", "fsdp"),
-    ("dense_in", None),
-    ("dense_out", "fsdp"),
-    ("norm", None),
-)
-DEFAULT_MIN_SHARD_SIZE = 2**16
+# The logical axis names of the models' parameters come from ``pidm_jax.models.layers``; which mesh
+# axis each one maps to is configuration only: ``config.sharding.rules`` (``configs/default.py``).
 
 
 def abstract_module(build):
@@ -46,7 +38,7 @@ def abstract_module(build):
   (the real shardings come from :func:`state_shardings`), so every logical name is resolved as
   replicated.
   """
-  with nnx.logical_axis_rules(tuple((name, None) for name, _ in DEFAULT_RULES)):
+  with nnx.logical_axis_rules(tuple((name, None) for name in LOGICAL_AXES)):
     return nnx.eval_shape(build)
 
 
@@ -74,7 +66,7 @@ def create_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mes
   are ``data``/``fsdp`` and the across-slice (DCN) sizes multiply them.
   """
   devices = list(devices if devices is not None else jax.devices())
-  dcn = [int(mesh_config.get("dcn_data", 1)), int(mesh_config.get("dcn_fsdp", 1))]
+  dcn = [int(mesh_config.dcn_data), int(mesh_config.dcn_fsdp)]
   axis_types = (AxisType.Auto,) * len(MESH_AXES)
   if math.prod(dcn) > 1:
     if len(devices) % math.prod(dcn):
@@ -102,7 +94,7 @@ def batch_size_divisor(mesh: Mesh) -> int:
 
 
 def spec_for(shape: Sequence[int], logical_axes: Sequence[str | None] | None, mesh: Mesh,
-             rules=DEFAULT_RULES, min_shard_size: int = DEFAULT_MIN_SHARD_SIZE) -> P:
+             rules: Sequence[tuple[str, str | None]], min_shard_size: int) -> P:
   """The PartitionSpec of one tensor from its logical axis names (see module docstring)."""
   if not logical_axes or math.prod(shape) < min_shard_size:
     return P()
@@ -118,8 +110,8 @@ def spec_for(shape: Sequence[int], logical_axes: Sequence[str | None] | None, me
   return P(*out)
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, rules=DEFAULT_RULES,
-                    min_shard_size: int = DEFAULT_MIN_SHARD_SIZE) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[str, str | None]],
+                    min_shard_size: int) -> Any:
   """NamedShardings for an ``nnx.State`` (abstract or concrete), from each Variable's metadata."""
 
   def one(var):
@@ -132,19 +124,17 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules=DEFAULT_RULES,
 
 def rules_from_config(config) -> tuple:
   """Logical-axis rules from ``config.sharding.rules`` (a sequence of (logical, mesh) pairs)."""
-  sharding = config.get("sharding") if hasattr(config, "get") else None
-  if sharding is None or sharding.get("rules") is None:
-    return DEFAULT_RULES
-  rules = tuple((str(a), None if b in (None, "None", "") else str(b)) for a, b in sharding.rules)
+  rules = tuple((str(a), None if b in (None, "None", "") else str(b))
+                for a, b in config.sharding.rules)
   for logical, axis in rules:
     if axis is not None and axis not in MESH_AXES:
       raise ValueError(f"config.sharding.rules maps {logical!r} to unknown mesh axis {axis!r}; "
                        f"mesh axes are {MESH_AXES}")
+    if logical not in LOGICAL_AXES:
+      raise ValueError(f"config.sharding.rules names unknown logical axis {logical!r}; the "
+                       f"models' parameter axes are {LOGICAL_AXES}")
   return rules
 
 
 def min_shard_size_from_config(config) -> int:
-  sharding = config.get("sharding") if hasattr(config, "get") else None
-  if sharding is None:
-    return DEFAULT_MIN_SHARD_SIZE
-  return int(sharding.get("min_shard_size", DEFAULT_MIN_SHARD_SIZE))
+  return int(config.sharding.min_shard_size)

@@ -59,7 +59,7 @@ def learning_rate_schedule(train_cfg) -> optax.Schedule:
   """Linear warm-up from ``warmup_init_lr`` to ``learning_rate`` over ``warmup_steps``, then flat
   (``lr_decay = "constant"``, the official recipe) or a cosine decay to 0 at ``num_train_steps``
   (``"cosine"``, for short runs such as the CPU demo)."""
-  decay = train_cfg.get("lr_decay", "constant")
+  decay = train_cfg.lr_decay
   if decay not in LR_DECAYS:
     raise ValueError(f"unknown train.lr_decay {decay!r}; expected one of {LR_DECAYS}")
   if decay == "constant":
@@ -339,14 +339,14 @@ def ensure_dataset(config) -> None:
   from input_pipeline import build  # pylint: disable=g-import-not-at-top
   name = f"synthetic_people/{config.data.builder_config}"
   build.register(name)
-  if not build.builder(name, config.data.get("data_dir")).is_prepared():
+  if not build.builder(name, config.data.data_dir).is_prepared():
     if jax.process_index() == 0:
       console.say(f"building {name} (procedural, no download)")
       t0 = time.time()
       if not console.verbosity_requested():
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
         tfds.disable_progress_bar()  # TFDS's own bars; --verbosity brings them back
-      built = build.build(name, config.data.get("data_dir"))
+      built = build.build(name, config.data.data_dir)
       splits = sorted(built.info.splits.items())
       console.say(f"built {name} in {time.time() - t0:.0f} s: " + ", ".join(
           f"{split} {info.num_examples} pairs" for split, info in splits))
@@ -450,9 +450,9 @@ def sample_quality(pairs: dict, samples: np.ndarray, eval_config=None) -> dict:
   }
   if eval_config is None:
     return quality
-  lpips_model, inception = _quality_networks(eval_config.get("lpips_weights"),
-                                             eval_config.get("fid_weights"),
-                                             eval_config.get("fid_network"))
+  lpips_model, inception = _quality_networks(eval_config.lpips_weights,
+                                             eval_config.fid_weights,
+                                             eval_config.fid_network)
   generated = jnp.asarray(np.clip(np.asarray(samples, np.float32), -1, 1))
   truth = jnp.asarray(np.clip(np.asarray(pairs["target_image"], np.float32), -1, 1))
   if lpips_model is not None:
@@ -544,7 +544,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state = ckpt.restore_newest_readable(trainer.abstract_state, train_iter,
                                            log=logging.warning)
       console.say(f"resumed from step {int(state.step)} of {ckpt.directory}")
-    elif tcfg.get("init_checkpoint"):
+    elif tcfg.init_checkpoint:
       # The network must be the same; another diffusion (say, fine-tuning eps weights as v) is
       # the user's choice and said.
       checkpointing.check_config(tcfg.init_checkpoint, config, sections=("model",))
@@ -590,7 +590,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           fetched = jax.device_get(pending)
           pending = []
           bad = [step - len(fetched) + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
-          if bad and not tcfg.get("skip_nonfinite", False):
+          if bad and not tcfg.skip_nonfinite:
             ckpt.wait()
             raise FloatingPointError(
                 f"non-finite loss or gradient at step {bad[0]}; the last good checkpoint is "
@@ -673,7 +673,7 @@ def _sample_and_log(trainer, state, pairs, step, workdir, writer, seed) -> dict:
   """Samples the fixed test pairs from their own and swapped sources; logs metrics and grids."""
   swap = source_swap(trainer, state.ema_params, pairs, seed)
   quality = {k: swap[k] for k in SUMMARY_METRICS}
-  extra = sample_quality(pairs, swap["samples"], trainer.config.get("eval"))
+  extra = sample_quality(pairs, swap["samples"], trainer.config.eval)
   quality.update({k: v for k, v in extra.items() if k not in quality})
   if writer is not None:
     paths = {}

@@ -3,12 +3,12 @@
 import math
 
 import jax
-import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.stats import norm as scipy_norm
 
+from configs import default
 from pidm_jax.diffusion import GaussianDiffusion, beta_schedule
 
 
@@ -169,7 +169,8 @@ def test_prediction_targets_invert_to_eps_and_x0(prediction):
 def test_prediction_option_is_validated_and_read_from_config():
   with pytest.raises(ValueError, match="prediction must be one of"):
     GaussianDiffusion(beta_schedule("linear", 100), "score")
-  cfg = ml_collections.ConfigDict(dict(num_timesteps=100, beta_schedule="linear"))
+  cfg = default.get_config().diffusion  # the defaults live in the config file only
+  cfg.num_timesteps = 100
   assert GaussianDiffusion.from_config(cfg).prediction == "eps"
   cfg.prediction = "v"
   assert GaussianDiffusion.from_config(cfg).prediction == "v"

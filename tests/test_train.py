@@ -60,13 +60,23 @@ def test_mesh_helpers():
     sharding.create_mesh(cfg.mesh)
   with pytest.raises(ValueError, match="2 x a multiple of 8 pairs"):
     train.check_batch_size(12, mesh)
-  # big kernels split over fsdp, small ones replicated, indivisible dims replicated
+  # big kernels split over fsdp, small ones replicated, indivisible dims replicated (the rules and
+  # the size threshold come from the config only)
+  rules, min_size = sharding.rules_from_config(cfg), sharding.min_shard_size_from_config(cfg)
   assert sharding.spec_for((3, 3, 128, 256), ("conv_height", "conv_width", "conv_in", "conv_out"),
-                           mesh) == jax.sharding.PartitionSpec(None, None, None, "fsdp")
-  assert sharding.spec_for((256,), ("conv_out",), mesh) == jax.sharding.PartitionSpec()
+                           mesh, rules, min_size) == jax.sharding.PartitionSpec(None, None, None,
+                                                                                "fsdp")
+  assert sharding.spec_for((256,), ("conv_out",), mesh, rules, min_size) == \
+      jax.sharding.PartitionSpec()
   assert sharding.spec_for((3, 3, 128, 255), ("conv_height", "conv_width", "conv_in",
-                                               "conv_out"), mesh, min_shard_size=1) == \
+                                               "conv_out"), mesh, rules, min_shard_size=1) == \
       jax.sharding.PartitionSpec(None, None, None, None)
+  cfg.sharding.rules = (("conv_outt", "fsdp"),)
+  with pytest.raises(ValueError, match="unknown logical axis 'conv_outt'"):
+    sharding.rules_from_config(cfg)
+  cfg.sharding.rules = (("conv_out", "model"),)
+  with pytest.raises(ValueError, match="unknown mesh axis 'model'"):
+    sharding.rules_from_config(cfg)
 
 
 def test_learning_rate_and_ema_rule():

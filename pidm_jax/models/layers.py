@@ -31,6 +31,9 @@ CONV_BIAS_AXES = ("conv_out",)
 DENSE_KERNEL_AXES = ("dense_in", "dense_out")
 DENSE_BIAS_AXES = ("dense_out",)
 NORM_AXES = ("norm",)
+# Every logical axis name above; config.sharding.rules maps them to mesh axes.
+LOGICAL_AXES = tuple(dict.fromkeys(CONV_KERNEL_AXES + CONV_BIAS_AXES + DENSE_KERNEL_AXES +
+                                   DENSE_BIAS_AXES + NORM_AXES))
 
 
 def _metadata(axes: Sequence[str]) -> dict:

@@ -24,7 +24,8 @@ Array = jax.Array
 
 REQUIRED_KEYS = ("base_width", "channel_mult", "num_res_blocks", "attention_resolutions",
                  "image_size", "embed_dim", "dropout", "in_channels", "pose_channels",
-                 "out_channels", "num_groups", "norm_eps", "dtype", "param_dtype", "remat")
+                 "out_channels", "num_groups", "norm_eps", "dtype", "param_dtype", "remat",
+                 "attention_implementation", "cond_drop_prob", "pose_drop_prob")
 
 
 def validate_model_config(cfg) -> None:
@@ -86,8 +87,8 @@ class PIDM(nnx.Module):
     self.out_channels = int(model_config.out_channels)
     self.size_multiple = min_size_multiple(model_config)
     self.num_features = len(down_path_plan(model_config))
-    self.cond_drop_prob = float(model_config.get("cond_drop_prob", 0.0))
-    self.pose_drop_prob = float(model_config.get("pose_drop_prob", 0.0))
+    self.cond_drop_prob = float(model_config.cond_drop_prob)
+    self.pose_drop_prob = float(model_config.pose_drop_prob)
     self.deterministic = False  # toggled by model.train() / model.eval(), like nnx.Dropout
     self.encoder = TextureEncoder(model_config, rngs=rngs)
     self.denoiser = Denoiser(model_config, rngs=rngs)

@@ -149,7 +149,7 @@ def block_kwargs(cfg) -> tuple[dict, dict]:
   common = dict(dropout=cfg.dropout, num_groups=cfg.num_groups, norm_eps=cfg.norm_eps,
                 dtype=dtype, param_dtype=param_dtype)
   attn_kw = dict(num_groups=cfg.num_groups, norm_eps=cfg.norm_eps, dtype=dtype,
-                 param_dtype=param_dtype, implementation=cfg.get("attention_implementation"))
+                 param_dtype=param_dtype, implementation=cfg.attention_implementation)
   return common, attn_kw
 
 
