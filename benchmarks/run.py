@@ -14,7 +14,7 @@ Sampling: ``pidm_jax.sampling.sample`` (DDIM, ``--sample_steps`` steps, guidance
 ``--sample_batch`` and latency at ``--latency_batch``; the first call (trace + compile + run) is
 reported apart from the median of the later calls.
 
-Pipeline: runs ``benchmarks/input_pipeline.py`` in a subprocess and keeps its figures.
+Pipeline: runs ``benchmarks/pipeline_throughput.py`` in a subprocess and keeps its figures.
 
 Writes a JSON record to ``--output`` (default ``benchmarks/results/<UTC timestamp>.json``) and
 appends one row to ``benchmarks/RESULTS.md``.
@@ -33,7 +33,8 @@ import time
 from typing import Any, Mapping
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# The repository root first, so that `input_pipeline` is the package, not benchmarks/input_pipeline.py.
+# The repository root on the path, so that `benchmarks.peaks` and the project import when this file
+# runs as a script.
 sys.path.insert(0, os.path.dirname(_HERE))
 
 from absl import app  # pylint: disable=g-import-not-at-top
@@ -72,7 +73,7 @@ def define_flags() -> None:
                      "stop timed train steps / sampling calls once they have taken this long "
                      "(at least one runs; the record lists every time)")
   flags.DEFINE_string("pipeline_args", "--num_batches=4",
-                      "extra arguments for benchmarks/input_pipeline.py (space separated)")
+                      "extra arguments for benchmarks/pipeline_throughput.py (space separated)")
   flags.DEFINE_string("pipeline_reported", None,
                       "with --skip=pipeline: a figure measured elsewhere (samples per CPU-second), "
                       "recorded as such in the row")
@@ -346,8 +347,8 @@ def bench_sample(config, batches: Mapping[str, int], steps: int, guidance_scale:
 
 
 def bench_pipeline(extra_args: str) -> dict:
-  """Runs benchmarks/input_pipeline.py and returns its JSON figures."""
-  cmd = [sys.executable, os.path.join(_HERE, "input_pipeline.py")] + extra_args.split()
+  """Runs benchmarks/pipeline_throughput.py and returns its JSON figures."""
+  cmd = [sys.executable, os.path.join(_HERE, "pipeline_throughput.py")] + extra_args.split()
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")

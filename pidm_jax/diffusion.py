@@ -195,10 +195,6 @@ class GaussianDiffusion:
     return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
             - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps)
 
-  def predict_eps_from_xstart(self, x_t: Array, t: Array, x_start: Array) -> Array:
-    return ((extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - x_start)
-            / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
-
   def _coefs(self, t: Array, ndim: int):
     return (extract(self.sqrt_alphas_cumprod, t, ndim),
             extract(self.sqrt_one_minus_alphas_cumprod, t, ndim))

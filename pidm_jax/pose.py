@@ -176,10 +176,10 @@ def _scratch(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return cache[1], cache[2]
 
 
-def _render(kp: np.ndarray, height: int, width: int, with_limb_maps: bool,
-            out: np.ndarray | None = None, mirror: bool = False) -> np.ndarray:
-    """The BGR uint8 skeleton (H, W, 3), or the whole uint8 pose map (H, W, 20) in the official
-    channel order when ``with_limb_maps`` (mirrored left-right after drawing with ``mirror``).
+def _render(kp: np.ndarray, height: int, width: int, out: np.ndarray | None = None,
+            mirror: bool = False) -> np.ndarray:
+    """The uint8 pose map (H, W, 20) in the official channel order (mirrored left-right after
+    drawing with ``mirror``).
 
     Follows the official renderer step by step, with shortcuts that give identical results (the
     tests compare with a literal transcription): each limb's ellipse is rasterised only in a
@@ -197,9 +197,8 @@ def _render(kp: np.ndarray, height: int, width: int, with_limb_maps: bool,
         if x == MISSING or y == MISSING:
             continue
         cv2.circle(canvas, (int(x), int(y)), JOINT_RADIUS, COLORS_BGR[joint], thickness=-1)
-    if with_limb_maps:
-        # Channel-major while drawing (each map one contiguous row); transposed once at the end.
-        planes, dist = _scratch(height, width)
+    # Channel-major while drawing (each map one contiguous row); transposed once at the end.
+    planes, dist = _scratch(height, width)
     for limb in range(NUM_LIMBS):
         polygon = _limb_polygon(kp, limb)
         drawn = False
@@ -216,14 +215,11 @@ def _render(kp: np.ndarray, height: int, width: int, with_limb_maps: bool,
             old = canvas[y0:y1, x0:x1]
             blended = cv2.LUT(old, _BLEND_LUTS[limb])
             canvas[y0:y1, x0:x1] = cv2.copyTo(blended, mask, old.copy())
-        if with_limb_maps:
-            limb_map = planes[3 + limb].reshape(height, width)
-            if drawn:
-                _limb_distance_map(mask, (x0, y0, x1, y1), dist, limb_map)
-            else:
-                limb_map.fill(255)
-    if not with_limb_maps:
-        return canvas
+        limb_map = planes[3 + limb].reshape(height, width)
+        if drawn:
+            _limb_distance_map(mask, (x0, y0, x1, y1), dist, limb_map)
+        else:
+            limb_map.fill(255)
     for channel in range(3):  # BGR -> RGB
         planes[channel] = canvas[..., 2 - channel].reshape(-1)
     if mirror:  # every row of every channel reversed, in place
@@ -251,7 +247,7 @@ def pose_map_uint8(keypoints, height: int, width: int, *, mirror: bool = False,
                             or not out.flags.c_contiguous):
         raise ValueError(f"out: expected a C-contiguous uint8 array of shape {(h, w, POSE_CHANNELS)}"
                          f", got {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
-    return _render(_as_keypoints(keypoints), h, w, with_limb_maps=True, out=out,
+    return _render(_as_keypoints(keypoints), h, w, out=out,
                    mirror=bool(mirror))
 
 
@@ -273,21 +269,6 @@ def pose_map(keypoints, height: int, width: int) -> np.ndarray:
     """
     # float32 division, as the official uint8 -> float tensor conversion.
     return encoding.pose_to_float(pose_map_uint8(keypoints, height, width))
-
-
-def null_pose_map(height: int, width: int) -> np.ndarray:
-    """The pose map of a skeleton with every joint missing: black RGB, every limb map 1.0."""
-    h, w = _check_size(height, width)
-    out = np.ones((h, w, POSE_CHANNELS), np.float32)
-    out[..., :3] = 0.0
-    return out
-
-
-def skeleton_image(keypoints, height: int, width: int) -> np.ndarray:
-    """The RGB uint8 (height, width, 3) skeleton drawing: ``pose_map`` channels 0-2 times 255."""
-    h, w = _check_size(height, width)
-    canvas = _render(_as_keypoints(keypoints), h, w, with_limb_maps=False)
-    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,29 +398,6 @@ def random_scale_crop_params(height: int, width: int, rng: np.random.Generator,
     x0 = int(rng.integers(0, max(0, new_w - width), endpoint=True))
     y0 = int(rng.integers(0, max(0, new_h - height), endpoint=True))
     return (new_h, new_w), (x0, y0)
-
-
-def random_scale_crop(image: np.ndarray, keypoints, rng: np.random.Generator,
-                      max_scale: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """The reference augmentation of one image: random scale up to ``max_scale``, random crop back.
-
-    Deterministic given ``rng``; see ``random_scale_crop_params`` and ``scale_crop``.
-    """
-    image = _check_image(image)
-    scaled_size, offset = random_scale_crop_params(image.shape[0], image.shape[1], rng, max_scale)
-    return scale_crop(image, keypoints, scaled_size, offset)
-
-
-def hflip(image: np.ndarray, keypoints,
-          swap_left_right: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Mirrors an image and its keypoints left-right (see ``flip_keypoints``).
-
-    The official pipeline mirrors the rendered pose map rather than the keypoints; to reproduce its
-    maps exactly, render first and mirror the map (``pose_map(...)[:, ::-1]``).
-    """
-    image = _check_image(image)
-    flipped = np.ascontiguousarray(image[:, ::-1])
-    return flipped, flip_keypoints(keypoints, image.shape[1], swap_left_right)
 
 
 # ----------------------------------------------------------------------------------------------

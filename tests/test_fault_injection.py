@@ -6,8 +6,7 @@ import importlib.util
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# loaded from its file: putting benchmarks/ on sys.path would let benchmarks/input_pipeline.py
-# shadow the input_pipeline package
+# loaded from its file (benchmarks/ is a folder of scripts, not a package)
 _spec = importlib.util.spec_from_file_location(
     "bench_fault_injection", os.path.join(ROOT, "benchmarks", "fault_injection.py"))
 fault_injection = importlib.util.module_from_spec(_spec)

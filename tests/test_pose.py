@@ -131,18 +131,6 @@ def test_limb_outside_the_image_gives_a_constant_map():
     np.testing.assert_array_equal(m[..., :3], 0.0)
 
 
-def test_null_pose_map():
-    null = pose.null_pose_map(16, 24)
-    np.testing.assert_array_equal(null, pose.pose_map(_all_missing(), 16, 24))
-    assert null.dtype == np.float32 and null.shape == (16, 24, 20)
-
-
-def test_skeleton_image_is_the_rgb_part():
-    img = pose.skeleton_image(SKELETON, 64, 48)
-    assert img.dtype == np.uint8 and img.shape == (64, 48, 3)
-    np.testing.assert_array_equal(img / np.float32(255), pose.pose_map(SKELETON, 64, 48)[..., :3])
-
-
 @pytest.mark.parametrize("bad", [np.zeros((17, 2)), np.zeros((18, 3)), np.zeros(36),
                                  np.full((18, 2), np.nan), np.array([["a", "b"]] * 18)])
 def test_pose_map_rejects_bad_keypoints(bad):
@@ -279,34 +267,40 @@ def test_scale_crop_keeps_image_and_keypoints_together():
     assert (kp[[2, 3, 5]] == MISSING).all()
 
 
+def _random_scale_crop(img, kp, rng, max_scale=0.05):
+    """The training augmentation of one image, as PairTransform draws and applies it."""
+    scaled_size, offset = pose.random_scale_crop_params(img.shape[0], img.shape[1], rng, max_scale)
+    return pose.scale_crop(img, kp, scaled_size, offset)
+
+
 def test_random_scale_crop_is_deterministic_and_consistent():
     img = _dots(80, 72, KP_DOTS)
-    a = pose.random_scale_crop(img, KP_DOTS, np.random.default_rng(3), max_scale=0.05)
-    b = pose.random_scale_crop(img, KP_DOTS, np.random.default_rng(3), max_scale=0.05)
+    a = _random_scale_crop(img, KP_DOTS, np.random.default_rng(3), max_scale=0.05)
+    b = _random_scale_crop(img, KP_DOTS, np.random.default_rng(3), max_scale=0.05)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     for seed in range(20):
         (nh, nw), (x0, y0) = pose.random_scale_crop_params(80, 72, np.random.default_rng(seed))
         assert 80 <= nh <= 83 and 72 <= nw <= 75 and 0 <= x0 <= nw - 72 and 0 <= y0 <= nh - 80
-        out, kp = pose.random_scale_crop(img, KP_DOTS, np.random.default_rng(seed))
+        out, kp = _random_scale_crop(img, KP_DOTS, np.random.default_rng(seed))
         assert out.shape == img.shape
         for j in (0, 1, 4, 9):
             cx, cy = _centroid(out, *kp[j])
             assert abs(cx - kp[j, 0]) < 0.3 and abs(cy - kp[j, 1]) < 0.3, (seed, j)
     # max_scale 0 is the identity.
-    out, kp = pose.random_scale_crop(img, KP_DOTS, np.random.default_rng(0), max_scale=0.0)
+    out, kp = _random_scale_crop(img, KP_DOTS, np.random.default_rng(0), max_scale=0.0)
     np.testing.assert_array_equal(out, img)
     np.testing.assert_array_equal(kp, KP_DOTS)
 
 
-def test_hflip_moves_pixels_with_keypoints():
+def test_flip_keypoints_moves_with_the_mirrored_pixels():
     img = np.zeros((10, 16, 3), np.uint8)
     img[3, 2] = 200
     kp = _only({2: (2, 3), 5: (9, 4)})
-    out, fk = pose.hflip(img, kp)
+    out, fk = img[:, ::-1], pose.flip_keypoints(kp, 16)  # as PairTransform mirrors a pair
     assert out[3, 13, 0] == 200 and tuple(fk[2]) == (13, 3) and tuple(fk[5]) == (6, 4)
     assert (fk[0] == MISSING).all()
-    _, swapped = pose.hflip(img, kp, swap_left_right=True)
+    swapped = pose.flip_keypoints(kp, 16, swap_left_right=True)
     assert tuple(swapped[5]) == (13, 3) and tuple(swapped[2]) == (6, 4)   # right <-> left shoulder
     np.testing.assert_array_equal(pose.flip_keypoints(pose.flip_keypoints(kp, 16), 16), kp)
 

@@ -1,6 +1,6 @@
 """Input pipeline throughput: training samples per second per CPU core, 256x256, with augmentation.
 
-  python benchmarks/input_pipeline.py [--data_dir=DIR] [--worker_count=0] [--read_threads=1]
+  python benchmarks/pipeline_throughput.py [--data_dir=DIR] [--worker_count=0] [--read_threads=1]
 
 Builds ``synthetic_people/res256`` into a temporary dir (or reuses ``--data_dir``), then:
 
