@@ -95,3 +95,64 @@ def to_model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     if key in out:
       out[key] = pose_to_float(out[key], f"batch[{key!r}]")
   return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Back to pixels: model-range images and pose maps -> uint8 pictures (files, grids, metrics)
+
+ROUNDINGS = ("round", "truncate")
+
+
+def image_to_uint8(image, rounding: str = "round") -> np.ndarray:
+  """Images in [-1, 1] -> uint8 RGB pixels (clipped to [-1, 1] first); uint8 input is returned as
+  it is.
+
+  ``rounding``:
+    "round": round((x + 1) * 127.5), the inverse of ``image_to_float`` (stored pixels come back
+      exactly): grids, sample.py's files.
+    "truncate": uint8(255 * ((x + 1) / 2)) in float32, as the official ``gen.py`` saves samples
+      (the evaluation protocol's files).
+  """
+  if rounding not in ROUNDINGS:
+    raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+  x = np.asarray(image)
+  if x.dtype == np.uint8:
+    return x
+  x = np.clip(x.astype(np.float32), -1.0, 1.0)
+  if rounding == "truncate":
+    return (np.float32(255) * ((x + np.float32(1)) / np.float32(2))).astype(np.uint8)
+  return np.round((x + np.float32(1)) * np.float32(127.5)).astype(np.uint8)
+
+
+def pose_to_skeleton(pose_map) -> np.ndarray:
+  """A pose map (uint8, or float in [0, 1]) -> its RGB skeleton picture (channels 0-2) as uint8."""
+  rgb = np.asarray(pose_map)[..., :3]
+  if rgb.dtype == np.uint8:
+    return rgb
+  return np.round(np.clip(rgb.astype(np.float32), 0.0, 1.0) * np.float32(255)).astype(np.uint8)
+
+
+def mask_to_uint8(mask) -> np.ndarray:
+  """A mask in [0, 1] of shape (..., 1) -> a grey RGB uint8 picture (..., 3)."""
+  m = np.round(np.clip(np.asarray(mask, np.float32), 0.0, 1.0) * np.float32(255)).astype(np.uint8)
+  return np.repeat(m, 3, axis=-1)
+
+
+def grid(rows) -> np.ndarray:
+  """uint8 RGB tiles of one size laid out in rows (a row may be shorter; ``None`` leaves a tile
+  white) -> one uint8 (rows * H, columns * W, 3) picture."""
+  tiles = [t for row in rows for t in row if t is not None]
+  if not tiles:
+    raise ValueError("grid: no tiles")
+  height, width = tiles[0].shape[:2]
+  for t in tiles:
+    if t.shape != (height, width, 3) or t.dtype != np.uint8:
+      raise ValueError(f"grid: every tile must be uint8 of shape {(height, width, 3)}, got "
+                       f"{t.dtype} {t.shape}")
+  cols = max(len(r) for r in rows)
+  out = np.full((len(rows) * height, cols * width, 3), 255, np.uint8)
+  for i, row in enumerate(rows):
+    for j, tile in enumerate(row):
+      if tile is not None:
+        out[i * height:(i + 1) * height, j * width:(j + 1) * width] = tile
+  return out

@@ -43,6 +43,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from pidm_jax import encoding
+
 _DEEPFASHION_ID_FOLDER = re.compile(r"id_?\d{8}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-]+")
 _IMAGE_EXT = re.compile(r"\.(png|jpe?g|bmp|webp)$", re.IGNORECASE)
@@ -102,22 +104,6 @@ class Result:
   source_swap: dict | None = None  # the source-swap figures, with ``source_swap_pairs``
 
 
-def sample_to_uint8(images) -> np.ndarray:
-  """Samples in [-1, 1] -> uint8 as the official ``gen.py`` saves them: 255 (x + 1) / 2 in float32,
-  truncated (not rounded)."""
-  x = np.clip(np.asarray(images, np.float32), -1.0, 1.0)
-  return (np.float32(255) * ((x + np.float32(1)) / np.float32(2))).astype(np.uint8)
-
-
-def target_to_uint8(images) -> np.ndarray:
-  """Pipeline images -> uint8: uint8 pixels as they are; float in [-1, 1] rounded (the stored uint8
-  pixels come back exactly)."""
-  if np.asarray(images).dtype == np.uint8:
-    return np.asarray(images)
-  x = np.clip(np.asarray(images, np.float32), -1.0, 1.0)
-  return np.round((x + 1.0) * 127.5).astype(np.uint8)
-
-
 def _agree(flags: np.ndarray) -> np.ndarray:
   """Process 0's copy of ``flags`` on every process (files are checked on process 0 only)."""
   if jax.process_count() == 1:
@@ -158,7 +144,6 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
   """
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from pidm_jax import encoding  # pylint: disable=g-import-not-at-top
   from pidm_jax import sampling  # pylint: disable=g-import-not-at-top
   from pidm_jax import sharding  # pylint: disable=g-import-not-at-top
   from pidm_jax.diffusion import GaussianDiffusion  # pylint: disable=g-import-not-at-top
@@ -248,12 +233,12 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
       if not np.array_equal(index, expected):  # the pipeline's order is what the names rely on
         raise RuntimeError(f"batch {k} holds records {index.tolist()}, expected "
                            f"{expected.tolist()}")
-      for row, image in zip(index, sample_to_uint8(images[keep])):
+      for row, image in zip(index, encoding.image_to_uint8(images[keep], rounding="truncate")):
         if owner[names[row]] == row:
           Image.fromarray(image).save(os.path.join(out_dir, names[row]))
           written += 1
       if write_ground_truth:
-        for row, image in zip(index, target_to_uint8(targets)):
+        for row, image in zip(index, encoding.image_to_uint8(targets)):
           path = os.path.join(ground_truth_dir, truth_names[row])
           if truth_names[row] not in truth_written and (overwrite or not os.path.exists(path)):
             Image.fromarray(image).save(path)

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pidm_jax import encoding
 from pidm_jax import pose as pose_lib
 from pidm_jax import sampling
 from pidm_jax.models.pidm import check_image_size
@@ -148,16 +149,6 @@ def load_mask(path: str, size: tuple[int, int], mode: str = "stretch") -> np.nda
   img = _open_rgb(path, "mask").convert("L")
   mask = _place(img, size, mode, Image.NEAREST, 0)
   return (mask >= 128).astype(np.float32)[..., None]
-
-
-def to_model_range(image: np.ndarray) -> np.ndarray:
-  """uint8 [0, 255] -> float32 [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
-  return image.astype(np.float32) / 127.5 - 1.0
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-  """float [-1, 1] -> uint8 [0, 255] (clamped, rounded)."""
-  return np.round((np.clip(image, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,17 +340,6 @@ def _stem(path: str) -> str:
   return _safe_name(os.path.splitext(os.path.basename(path))[0])
 
 
-def _grid(rows: list[list[np.ndarray | None]], size: tuple[int, int]) -> np.ndarray:
-  height, width = size
-  cols = max(len(r) for r in rows)
-  grid = np.full((len(rows) * height, cols * width, 3), 255, np.uint8)
-  for i, row in enumerate(rows):
-    for j, tile in enumerate(row):
-      if tile is not None:
-        grid[i * height:(i + 1) * height, j * width:(j + 1) * width] = tile
-  return grid
-
-
 def _save_png(path: str, image: np.ndarray) -> None:
   Image.fromarray(image).save(path)
 
@@ -484,10 +464,10 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
 
   def make_batch(chunk):
     chunk = list(chunk) + [chunk[-1]] * (batch_size - len(chunk))  # pad the last batch
-    batch = dict(source=np.stack([to_model_range(source_inputs[s].image) for s, _ in chunk]),
+    batch = dict(source=np.stack([encoding.image_to_float(source_inputs[s].image) for s, _ in chunk]),
                  pose=np.stack([pose_for(s, p) for s, p in chunk]))
     if ref_image is not None:
-      batch["reference"] = np.broadcast_to(to_model_range(ref_image), batch["source"].shape)
+      batch["reference"] = np.broadcast_to(encoding.image_to_float(ref_image), batch["source"].shape)
       batch["mask"] = np.broadcast_to(ref_mask, (batch_size,) + ref_mask.shape)
     return batch
 
@@ -510,7 +490,7 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
   first_seconds = 0.0
   for k, chunk in enumerate(iterator):
     images = sampling.gather(run(model, make_batch(chunk), jax.random.fold_in(key, k)))
-    results.extend(to_uint8(images[:len(chunk)]))
+    results.extend(encoding.image_to_uint8(images[:len(chunk)]))
     if k == 0:
       first_seconds = time.perf_counter() - start
   sample_seconds = time.perf_counter() - start
@@ -523,7 +503,7 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
       _save_png(paths[-1], image)
     grid_path = os.path.join(out_dir, "grid.png")
     _save_png(grid_path, _make_grid(jobs, results, source_inputs, pose_for, pairing,
-                                    len(pose_inputs), size, ref_image, ref_mask))
+                                    len(pose_inputs), ref_image, ref_mask))
   # What each figure measures: the ahead-of-time compile of the very program that samples (no
   # compilation happens after it), the first batch's run (it also pays one-off costs such as
   # allocating buffers), then the other batches.
@@ -537,13 +517,13 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
   return Result(paths, grid_path, compile_seconds, sample_seconds, len(batches), batch_size)
 
 
-def _make_grid(jobs, results, sources, pose_for, pairing, num_poses, size, ref_image, ref_mask):
+def _make_grid(jobs, results, sources, pose_for, pairing, num_poses, ref_image, ref_mask):
   def skeleton(s, p):
-    return np.round(pose_for(s, p)[..., :3] * 255).astype(np.uint8)
+    return encoding.pose_to_skeleton(pose_for(s, p))
 
   extra = []
   if ref_image is not None:
-    extra = [ref_image, np.repeat(np.round(ref_mask * 255).astype(np.uint8), 3, axis=-1)]
+    extra = [ref_image, encoding.mask_to_uint8(ref_mask)]
   if pairing == "paired":
     rows = [[skeleton(s, p), sources[s].image] + extra + [img]
             for (s, p), img in zip(jobs, results)]
@@ -553,4 +533,4 @@ def _make_grid(jobs, results, sources, pose_for, pairing, num_poses, size, ref_i
       rows.append([src.image] + results[s * num_poses:(s + 1) * num_poses])
     if extra:
       rows.append(extra)
-  return _grid(rows, size)
+  return encoding.grid(rows)

@@ -402,32 +402,23 @@ def _x0_error_fn(trainer: Trainer):
   return errors
 
 
-def _to_uint8(x) -> np.ndarray:
-  return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def _skeleton(pose_map) -> np.ndarray:
-  return np.clip(np.round(np.asarray(pose_map)[..., :3] * 255), 0, 255).astype(np.uint8)
-
-
 def image_grid(pairs: dict, samples: np.ndarray) -> np.ndarray:
   """Rows of [source | target skeleton | sample | ground truth], uint8 RGB."""
-  rows = [np.concatenate([_to_uint8(pairs["source_image"][i]), _skeleton(pairs["target_pose"][i]),
-                          _to_uint8(samples[i]), _to_uint8(pairs["target_image"][i])], axis=1)
-          for i in range(len(samples))]
-  return np.concatenate(rows, axis=0)
+  pixels, skeleton = encoding.image_to_uint8, encoding.pose_to_skeleton
+  return encoding.grid([[pixels(pairs["source_image"][i]), skeleton(pairs["target_pose"][i]),
+                         pixels(samples[i]), pixels(pairs["target_image"][i])]
+                        for i in range(len(samples))])
 
 
 def swap_grid(pairs: dict, swap: dict) -> np.ndarray:
   """Rows of [target skeleton | own source | its sample | other source | its sample | ground truth]:
   one target pose drawn, with the same noise, from two different people (uint8 RGB)."""
   src = pairs["source_image"]
-  rows = [np.concatenate([_skeleton(pairs["target_pose"][i]), _to_uint8(src[i]),
-                          _to_uint8(swap["samples"][i]), _to_uint8(src[j]),
-                          _to_uint8(swap["samples_swapped_source"][i]),
-                          _to_uint8(pairs["target_image"][i])], axis=1)
-          for i, j in enumerate(swap["partners"])]
-  return np.concatenate(rows, axis=0)
+  pixels, skeleton = encoding.image_to_uint8, encoding.pose_to_skeleton
+  return encoding.grid([[skeleton(pairs["target_pose"][i]), pixels(src[i]),
+                         pixels(swap["samples"][i]), pixels(src[j]),
+                         pixels(swap["samples_swapped_source"][i]), pixels(pairs["target_image"][i])]
+                        for i, j in enumerate(swap["partners"])])
 
 
 def sample_quality(pairs: dict, samples: np.ndarray, eval_config=None) -> dict:

@@ -65,10 +65,10 @@ def test_other_ids_become_readable_unambiguous_names():
 def test_pixel_conversions():
   # samples as the official gen.py saves them: uint8(255 * (x + 1) / 2), truncated
   x = np.array([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0], np.float32)
-  np.testing.assert_array_equal(generate.sample_to_uint8(x), [0, 0, 127, 254, 255, 255])
+  np.testing.assert_array_equal(encoding.image_to_uint8(x, rounding="truncate"), [0, 0, 127, 254, 255, 255])
   # pipeline images (uint8 -> [-1, 1]) come back exactly
   pixels = np.arange(256, dtype=np.uint8)
-  np.testing.assert_array_equal(generate.target_to_uint8(encoding.image_to_float(pixels)), pixels)
+  np.testing.assert_array_equal(encoding.image_to_uint8(encoding.image_to_float(pixels)), pixels)
 
 
 class _FakeEvalData:
@@ -326,3 +326,25 @@ def test_sample_quality_small_sample_fid_is_wired_and_labelled(tmp_path, monkeyp
   # one pair: no covariance, so no FID
   one = train_lib.sample_quality({k: v[:1] for k, v in pairs.items()}, samples[:1], config.eval)
   assert "fid_small_sample" not in one and "ssim" in one
+
+
+def test_one_home_for_pixel_conversions():
+  # round: the inverse of image_to_float; uint8 passes through; the rounding is named or refused
+  pixels = np.arange(256, dtype=np.uint8)
+  np.testing.assert_array_equal(encoding.image_to_uint8(pixels), pixels)
+  np.testing.assert_array_equal(
+      encoding.image_to_uint8(np.array([-2.0, 0.0, 0.999, 2.0], np.float32)), [0, 128, 255, 255])
+  with pytest.raises(ValueError, match="rounding must be one of"):
+    encoding.image_to_uint8(pixels, rounding="floor")
+  # skeleton: the RGB part of a pose map, float [0, 1] or uint8
+  maps = np.zeros((2, 3, 20), np.uint8)
+  maps[..., 0], maps[..., 3] = 200, 7
+  np.testing.assert_array_equal(encoding.pose_to_skeleton(encoding.pose_to_float(maps)),
+                                maps[..., :3])
+  np.testing.assert_array_equal(encoding.pose_to_skeleton(maps), maps[..., :3])
+  # grid: rows of equal tiles, short rows and None left white, mismatched tiles refused
+  a, b = np.zeros((2, 3, 3), np.uint8), np.full((2, 3, 3), 9, np.uint8)
+  g = encoding.grid([[a, b], [None]])
+  assert g.shape == (4, 6, 3) and g[0, 3, 0] == 9 and g[2, 0, 0] == 255 and g[0, 0, 0] == 0
+  with pytest.raises(ValueError, match="every tile must be uint8"):
+    encoding.grid([[a, np.zeros((3, 3, 3), np.uint8)]])

@@ -214,7 +214,7 @@ def test_paired_jobs_and_grid():
   sources = [inference.SourceInput("s", "s.png", tiles[0], SIZE)]
   maps = np.zeros(SIZE + (20,), np.float32)
   grid = inference._make_grid([(0, 0)], [tiles[1]], sources, lambda s, p: maps, "paired", 1,
-                              SIZE, tiles[2], np.ones(SIZE + (1,), np.float32))
+                              tiles[2], np.ones(SIZE + (1,), np.float32))
   assert grid.shape == (32, 5 * 32, 3)  # skeleton | source | reference | mask | result
   assert [int(grid[0, 32 * k, 0]) for k in range(5)] == [0, 10, 30, 255, 20]
 
