@@ -154,8 +154,7 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
   options = sampling.SamplerOptions.from_config(config.sample)
   if mesh is None:
     mesh = sharding.create_mesh(config.mesh)
-  divisor = sharding.batch_size_divisor(mesh)
-  batch_size = -(-max(1, int(config.sample.batch_size)) // divisor) * divisor
+  batch_size = sharding.sampling_batch_size(config.sample.batch_size, mesh)
   _, eval_data = pipeline.create_datasets(
       config, sharding.batch_sharding(mesh), train_split=None, eval_split=split,
       eval_batch_size=batch_size)

@@ -457,9 +457,7 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
       raise InputError(message) from None
 
   # -- batches ------------------------------------------------------------------------------
-  divisor = sharding.batch_size_divisor(mesh)
-  batch_size = -(-max(1, int(config.sample.batch_size)) // divisor) * divisor
-  batch_size = min(batch_size, -(-len(jobs) // divisor) * divisor)
+  batch_size = sharding.sampling_batch_size(config.sample.batch_size, mesh, len(jobs))
   batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
 
   def make_batch(chunk):

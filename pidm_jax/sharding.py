@@ -93,6 +93,16 @@ def batch_size_divisor(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
+def sampling_batch_size(requested: int, mesh: Mesh, needed: int | None = None) -> int:
+  """The global sampling batch: ``requested`` (at least 1) rounded up to a multiple of the mesh's
+  batch shards, and no larger than ``needed`` items rounded up the same way (when given)."""
+  divisor = batch_size_divisor(mesh)
+  size = -(-max(1, int(requested)) // divisor) * divisor
+  if needed is not None:
+    size = min(size, -(-max(1, int(needed)) // divisor) * divisor)
+  return size
+
+
 def spec_for(shape: Sequence[int], logical_axes: Sequence[str | None] | None, mesh: Mesh,
              rules: Sequence[tuple[str, str | None]], min_shard_size: int) -> P:
   """The PartitionSpec of one tensor from its logical axis names (see module docstring)."""

@@ -77,6 +77,10 @@ def test_mesh_helpers():
   cfg.sharding.rules = (("conv_out", "model"),)
   with pytest.raises(ValueError, match="unknown mesh axis 'model'"):
     sharding.rules_from_config(cfg)
+  # sampling batches: rounded up to the 8 batch shards, no larger than the work needs
+  assert sharding.sampling_batch_size(3, mesh) == 8
+  assert sharding.sampling_batch_size(20, mesh) == 24
+  assert sharding.sampling_batch_size(16, mesh, needed=5) == 8
 
 
 def test_learning_rate_and_ema_rule():
