@@ -1,6 +1,6 @@
 """The paper's model and training recipe (official PIDM on DeepFashion at 256x256).
 
-Reference sections 1 and 5: base width 128, channel multipliers (1, 1, 2, 2, 4, 4), 2 ResBlocks per
+The official configuration (its `config/diffconfig.py` and `config/diffusion.conf`): base width 128, channel multipliers (1, 1, 2, 2, 4, 4), 2 ResBlocks per
 level, cross-attention at 32, 16 and 8 px, dropout 0.1, 1000 linear-beta steps with the learned-range
 variance; Adam 2e-5 after a 5k-step linear warm-up from 8e-7, gradient clip 1.0, EMA 0.9999
 (copying during warm-up), 64 samples (32 pairs, both directions) per step, source dropped with

@@ -23,7 +23,7 @@ Three parts, in file order:
    (EMA by default) weights, which sampling loads and training can start from; ``--to_torch``
    goes the other way.
 
-Layouts (reference section 3.1): Conv2d weight (O, I, kh, kw) -> kernel (kh, kw, I, O); Linear
+Layouts (torch module conventions): Conv2d weight (O, I, kh, kw) -> kernel (kh, kw, I, O); Linear
 (O, I) -> (I, O); attention Conv1d (O, I, 1) -> Dense kernel (I, O); ``to_kv`` (2C, C, 1) is split
 into K = output rows [0, C) and V = rows [C, 2C); GroupNorm weight/bias -> scale/bias. PyTorch
 layouts exist only in this module.
@@ -560,7 +560,8 @@ class OfficialTensor:
   """One tensor of the official state_dict.
 
   ``live`` tensors map to pidm_jax parameters (``ours``: their NNX paths and shapes). Dead ones
-  (never used by the official forward pass, reference section 3.3) have no counterpart; ``init``
+  (never used by the official forward pass, e.g. every ResBlock's ``cond_emb_layers``: the
+  official ResBlocks always get cond=None) have no counterpart; ``init``
   says how the official code initialises them: "zeros" or "torch_default"
   (U(-1/sqrt(fan_in), 1/sqrt(fan_in)), ``fan_in`` given).
   """
@@ -668,7 +669,7 @@ def _dead_linear(key, din, dout, conv1d=False):
 
 
 def _res_block(key, path, cin, cout, emb_dim, film):
-  """Official ResBlock keys, in state_dict order (reference section 1.3)."""
+  """Official ResBlock keys, in state_dict order (the official blocks.py)."""
   out = _norm(f"{key}.in_layers.0", path + ("in_norm",), cin)
   out += _conv(f"{key}.in_layers.2", path + ("in_conv",), cin, cout, 3)
   if film:
@@ -684,7 +685,7 @@ def _res_block(key, path, cin, cout, emb_dim, film):
 
 
 def _attention(key, path, c):
-  """Official cross-attention keys, in state_dict order (reference section 1.4)."""
+  """Official cross-attention keys, in state_dict order (the official blocks.py)."""
   out = _norm(f"{key}.norm", path + ("norm",), c)
   out += _dead_linear(f"{key}.qkv", c, 3 * c, conv1d=True)  # self-attention: commented out
   out += [
@@ -788,7 +789,7 @@ def _layout(s: _Structure) -> list[OfficialTensor]:
 def official_layout(model_config) -> list[OfficialTensor]:
   """The official state_dict of a model config: every key in order, its shape, live or dead.
 
-  For the paper's config (``configs/default.py``) these are the 852 tensors of reference section 3
+  For the paper's config (``configs/default.py``) these are the 852 tensors of the official state dict
   (668 live, 184 dead).
   """
   return _layout(_structure_from_config(model_config))
@@ -887,7 +888,7 @@ def convert_official_state_dict(state_dict, model_config, *, seed: int = 0):
 
   Args:
     state_dict: {official key: array}, e.g. ``select_state_dict(load_torch_checkpoint(path))``.
-      The 184 dead official tensors (reference section 3.3) may be present or not; they are
+      The 184 dead official tensors (docs/architecture.md) may be present or not; they are
       skipped by name.
     model_config: the ``model`` section of a pidm_jax config (``configs/default.py`` for the
       released checkpoint).

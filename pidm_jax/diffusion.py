@@ -1,4 +1,4 @@
-"""Gaussian diffusion maths of PIDM (IDDPM-style, reference section 4).
+"""Gaussian diffusion maths of PIDM (IDDPM-style, as the official diffusion.py).
 
 * beta schedules (linear, cosine, quad), precomputed in float64 with NumPy;
 * ``q_sample``, the posterior q(x_{t-1} | x_t, x_0), x_0 from eps;

@@ -6,7 +6,7 @@ the timestep loop as a ``lax.scan`` over a precomputed per-step table, so the tr
 the compile time) does not grow with the number of steps. A debug switch runs the same step
 function in a Python loop instead.
 
-Samplers (reference section 4.5):
+Samplers (the official ones are in its diffusion.py):
 
 * ``ddim``: the official ``ddim_steps``: grid ``range(0, T, T // steps)`` walked from the largest
   timestep, alpha_bar(-1) := 1, x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) without clipping,

@@ -432,7 +432,7 @@ def _p(sd, key):
 
 
 def _t_resblock(sd, key, x, emb, resample=None):
-  """Official ResBlock (reference 1.3): norm-SiLU-[resample]-conv, FiLM, norm-SiLU-conv, skip."""
+  """Official ResBlock (its blocks.py): norm-SiLU-[resample]-conv, FiLM, norm-SiLU-conv, skip."""
   h = _t_group_norm(x, _p(sd, f"{key}.in_layers.0.weight"), _p(sd, f"{key}.in_layers.0.bias"))
   h = _silu(h)
   if resample is not None:
@@ -451,7 +451,7 @@ def _t_resblock(sd, key, x, emb, resample=None):
 
 
 def _t_attention(sd, key, x, context):
-  """Official cross-attention (reference 1.4): Q from GroupNorm(x), [K|V] = to_kv(context)."""
+  """Official cross-attention (its blocks.py): Q from GroupNorm(x), [K|V] = to_kv(context)."""
   b, c, h, w = x.shape
   xn = _t_group_norm(x, _p(sd, f"{key}.norm.weight"), _p(sd, f"{key}.norm.bias"))
   q = _t_conv1d(xn.reshape(b, c, -1), _p(sd, f"{key}.to_q.weight"), _p(sd, f"{key}.to_q.bias"))
@@ -468,7 +468,7 @@ def _t_attention(sd, key, x, context):
 
 
 def _t_pidm(sd, noisy, pose, t, source, num_res_blocks, num_levels):
-  """The official model's forward (reference 1.5 and 2), structure read from the keys."""
+  """The official model's forward (its unet_autoenc.py, unet.py), structure read from the keys."""
   down = {(level + 1) * (num_res_blocks + 1) for level in range(num_levels - 1)}
   n = 1 + num_levels * num_res_blocks + (num_levels - 1)
   # Texture encoder: the down path without attention or time embedding; every block's output.

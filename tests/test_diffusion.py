@@ -16,7 +16,7 @@ def test_linear_schedule_reference_values():
   d = GaussianDiffusion(beta_schedule("linear", 1000))
   assert d.betas.dtype == np.float64
   assert d.betas[0] == pytest.approx(1e-4) and d.betas[-1] == pytest.approx(0.02)
-  # reference section 4.1
+  # the official process (its diffusion.py, config/diffusion.conf)
   assert d.alphas_cumprod[0] == pytest.approx(0.9999)
   assert d.alphas_cumprod[499] == pytest.approx(0.0786, abs=1e-4)
   assert d.alphas_cumprod[980] == pytest.approx(5.9e-5, rel=0.02)

@@ -64,7 +64,7 @@ def test_paper_plan_matches_reference_table():
   assert [b.index for b in up if b.upsample] == [2, 5, 8, 11, 14]
   assert [b.index for b in down if b.kind == "down"] == [3, 6, 9, 12, 15]
   assert [b.out_channels for b in down] == [128] * 7 + [256] * 6 + [512] * 5
-  # skip widths popped by the decoder (reference section 1.5)
+  # skip widths popped by the decoder (as the official UNet in unet.py does)
   assert [b.skip_channels for b in up] == [512, 512, 512, 512, 512, 256, 256, 256, 256,
                                            256, 256, 128, 128, 128, 128, 128, 128, 128]
   assert [b.in_channels + b.skip_channels for b in up][:8] == [1024] * 5 + [768, 768, 512]

@@ -113,7 +113,7 @@ def test_ddim_plan_last_step_returns_x0(diffusion):
 
 
 def _official_ddim_float64(diffusion, x, steps, eta, noises):
-  """The official ddim_steps loop (reference section 4.5) in float64 NumPy."""
+  """The official ddim_steps loop (its diffusion.py) in float64 NumPy."""
   ab = _ab_ext(diffusion)
   seq = list(range(0, T, T // steps))
   seq_next = [-1] + seq[:-1]

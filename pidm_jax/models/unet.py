@@ -1,6 +1,6 @@
 """The PIDM denoiser UNet and the block plan it shares with the texture encoder.
 
-Wiring (reference section 1.5): an input conv, then per level ``num_res_blocks`` ResBlocks and a
+Wiring (as the official unet.py / unet_autoenc.py): an input conv, then per level ``num_res_blocks`` ResBlocks and a
 down-sampling ResBlock (except at the last level); a middle ResBlock-CrossAttention-ResBlock; per
 level (deepest first) ``num_res_blocks + 1`` decoder ResBlocks, each consuming the last stored skip
 of its level (output block k takes input block N-1-k, concatenated as [h, skip]), with an
