@@ -483,7 +483,6 @@ class Sampler:
     if mesh is not None and any(t != AxisType.Auto for t in mesh.axis_types):
       raise ValueError(f"the sampling mesh needs AxisType.Auto axes (as pidm_jax.sharding."
                        f"create_mesh builds), got {mesh.axis_types}")
-    self.trace_count = 0  # incremented each time the whole-batch program is traced
     self.batch_sharding = batch_sharding(mesh) if mesh is not None else None
     self._programs: list[tuple[Any, dict]] = []  # (graphdef, jitted functions), see _jitted
 
@@ -527,7 +526,6 @@ class Sampler:
 
   def run(self, graphdef, state, batch: Mapping[str, Array], rng: Array) -> Array:
     """The whole sampler for one batch as a pure function (jitted by ``__call__``)."""
-    self.trace_count += 1
     model = self._merge(graphdef, state)
     cond = encode_conditions(model, batch, self.options)
     x_init, k_steps = self._initial(batch, rng)
