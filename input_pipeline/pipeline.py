@@ -59,12 +59,14 @@ import jax
 import numpy as np
 from absl import logging
 
+from pidm_jax import encoding
 from pidm_jax import pose
 
 NUM_KEYPOINTS = pose.NUM_KEYPOINTS
 POSE_CHANNELS = pose.POSE_CHANNELS
-PAIR_KEYS = ("source_image", "target_image", "source_pose", "target_pose", "source_keypoints",
-             "target_keypoints")
+# A pair as the pipeline emits it: the model's inputs (pidm_jax.encoding.MODEL_INPUT_KEYS), then
+# the keypoints they were drawn from.
+PAIR_KEYS = encoding.MODEL_INPUT_KEYS + ("source_keypoints", "target_keypoints")
 EVAL_KEYS = PAIR_KEYS + ("mask", "index")
 DEFAULT_READ_THREADS = 16
 

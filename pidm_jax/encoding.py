@@ -25,6 +25,8 @@ import numpy as np
 
 IMAGE_KEYS = ("source_image", "target_image")
 POSE_KEYS = ("source_pose", "target_pose")
+# What the model reads of a pair (the training step needs every one of them).
+MODEL_INPUT_KEYS = IMAGE_KEYS + POSE_KEYS
 
 
 def _image_formula(pixels: np.ndarray) -> np.ndarray:

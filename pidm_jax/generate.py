@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from pidm_jax import encoding
+from pidm_jax import multihost
 
 _DEEPFASHION_ID_FOLDER = re.compile(r"id_?\d{8}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-]+")
@@ -102,14 +103,6 @@ class Result:
   written: int
   seconds: float
   source_swap: dict | None = None  # the source-swap figures, with ``source_swap_pairs``
-
-
-def _agree(flags: np.ndarray) -> np.ndarray:
-  """Process 0's copy of ``flags`` on every process (files are checked on process 0 only)."""
-  if jax.process_count() == 1:
-    return flags
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.broadcast_one_to_all(flags)).astype(bool)
 
 
 def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str = "test",
@@ -193,7 +186,7 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
     if not overwrite:
       todo = np.array([not all(map(os.path.exists, batch_files(k)))
                        for k in range(eval_data.num_batches)], bool)
-  todo = _agree(todo)
+  todo = multihost.from_process_zero(todo)
   if not todo.any() and not source_swap_pairs:
     log(f"all {n} pairs of split {split!r} are already in {out_dir}; nothing to do "
         "(--overwrite redoes them)")
@@ -222,10 +215,10 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
     inputs = dict(source=encoding.image_to_float(batch["source_image"]),  # uint8 -> float32,
                   pose=encoding.pose_to_float(batch["target_pose"]))  # where the batch lives
     images = sampler(model, inputs, jax.random.fold_in(key, k))
-    images = sampling.gather(jax.numpy.clip(images, -1.0, 1.0))
-    keep = sampling.gather(batch["mask"]).astype(bool)
-    index = sampling.gather(batch["index"])[keep]
-    targets = sampling.gather(batch["target_image"])[keep] if write_ground_truth else None
+    images = multihost.gather(jax.numpy.clip(images, -1.0, 1.0))
+    keep = multihost.gather(batch["mask"]).astype(bool)
+    index = multihost.gather(batch["index"])[keep]
+    targets = multihost.gather(batch["target_image"])[keep] if write_ground_truth else None
     sampled += 1
     if primary:
       expected = np.arange(k * batch_size, min((k + 1) * batch_size, n))

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pidm_jax import encoding
+from pidm_jax import multihost
 from pidm_jax import pose as pose_lib
 from pidm_jax import sampling
 from pidm_jax.models.pidm import check_image_size
@@ -487,7 +488,7 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
   start = time.perf_counter()
   first_seconds = 0.0
   for k, chunk in enumerate(iterator):
-    images = sampling.gather(run(model, make_batch(chunk), jax.random.fold_in(key, k)))
+    images = multihost.gather(run(model, make_batch(chunk), jax.random.fold_in(key, k)))
     results.extend(encoding.image_to_uint8(images[:len(chunk)]))
     if k == 0:
       first_seconds = time.perf_counter() - start

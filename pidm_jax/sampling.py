@@ -612,14 +612,6 @@ def _global_array(x, sharding: NamedSharding) -> Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-def gather(images: Array) -> np.ndarray:
-  """The full batch as NumPy on every process (process_allgather on multi-host runs)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return np.asarray(multihost_utils.process_allgather(images, tiled=True))
-  return np.asarray(images)
-
-
 def default_diffusion() -> GaussianDiffusion:
   """The official process: 1000 linear betas from 1e-4 to 2e-2."""
   return _default_diffusion()

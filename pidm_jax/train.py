@@ -15,8 +15,6 @@ import functools
 import json
 import os
 import shutil
-import signal
-import threading
 import time
 from typing import Any
 
@@ -28,19 +26,16 @@ import optax
 from absl import logging
 from clu import parameter_overview
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from PIL import Image
 
 from pidm_jax import console
 from pidm_jax import encoding
+from pidm_jax import multihost
 from pidm_jax import sharding as sharding_lib
 from pidm_jax import diffusion as diffusion_lib
 from pidm_jax.diffusion import GaussianDiffusion
 from pidm_jax.models import PIDM
-
-PAIR_KEYS = ("source_image", "target_image", "source_pose", "target_pose")
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -176,7 +171,7 @@ class Trainer:
   def loss_fn(self, params, batch, rng):
     """The hybrid loss on 2 x pairs samples (both directions of each pair)."""
     cfg = self.config
-    missing = [k for k in PAIR_KEYS if k not in batch]
+    missing = [k for k in encoding.MODEL_INPUT_KEYS if k not in batch]
     if missing:
       raise ValueError(f"training batch lacks {missing}; it has {sorted(batch)}")
     batch = encoding.to_model_inputs(batch)  # the pipeline's uint8 -> float32, on the device
@@ -234,72 +229,6 @@ def _fresh_rng_state(x):
 # ------------------------------------------------------------------------------------------------
 
 
-class _Preemption:
-  """Stop requests: a preemption notice on any host, SIGTERM, SIGINT (Ctrl-C).
-
-  In a run with JAX's distributed runtime (``jax.distributed.initialize``) and its preemption
-  service (on by default), SIGTERM belongs to that runtime: it forwards the notice to every
-  process, and ``stop_now(step)``, called at every step on every process, turns true on all of
-  them at the same step (``multihost_utils.reached_preemption_sync_point``), so all save that
-  step and exit. No Python SIGTERM handler is installed then (it would replace the runtime's).
-  Without the runtime (one process), SIGTERM and SIGINT set a flag read at the next step. SIGINT
-  in a multi-process run is shared at logging steps (a collective, see ``_any_process``).
-  Restores the handlers it replaced on exit.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._old = {}
-    self.synced = _preemption_service_active()
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      signals = (signal.SIGINT,) if self.synced else (signal.SIGTERM, signal.SIGINT)
-      for sig in signals:
-        self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("received signal %d: saving a checkpoint and stopping", signum)
-    self.requested = True
-
-  def stop_now(self, step: int, log_step: bool) -> bool:
-    """Whether to save ``step`` and stop; the same answer on every process."""
-    if self.synced:
-      if multihost_utils.reached_preemption_sync_point(step):
-        logging.warning("preemption notice: every process saves step %d and stops", step)
-        return True
-    if jax.process_count() == 1:
-      return self.requested
-    return log_step and _any_process(self.requested)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._old.items():
-      signal.signal(sig, handler)
-
-
-def _preemption_service_active() -> bool:
-  """Whether JAX's distributed runtime with its preemption sync manager is running here."""
-  # JAX keeps this state in a private module (no public accessor as of jax 0.10/0.11).
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  state = distributed.global_state
-  if getattr(state, "client", None) is None:
-    return False
-  if getattr(state, "preemption_sync_manager", None) is None:
-    logging.warning("jax.distributed runs without its preemption service "
-                    "(jax_enable_preemption_service is off): SIGTERM is read by this program "
-                    "and shared between processes at logging steps only")
-    return False
-  return True
-
-
-def _any_process(flag: bool) -> bool:
-  """True if ``flag`` is set on any process (a collective; only called every few steps)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
-
-
 def check_workdir(workdir: str, checkpoint_bytes: int, keep_checkpoints: int) -> None:
   """Fails before training when ``workdir`` cannot be written or its disk cannot hold the
   checkpoints: ``keep_checkpoints`` + 1 (the one being written) of ``checkpoint_bytes`` each, the
@@ -351,7 +280,7 @@ def ensure_dataset(config) -> None:
       console.say(f"built {name} in {time.time() - t0:.0f} s: " + ", ".join(
           f"{split} {info.num_examples} pairs" for split, info in splits))
     if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("synthetic_people built")
+      multihost.barrier("synthetic_people built")
 
 
 def sample_pairs(trainer: Trainer, params, pairs: dict, seed: int) -> np.ndarray:
@@ -565,7 +494,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t_last, step_last = time.time(), start
     t_start = time.time()
     progress = console.Progress(tcfg.num_train_steps)  # rate and ETA: compile and pauses left out
-    with _Preemption() as preempt, _finish_saves_on_error(ckpt):
+    with multihost.Preemption() as preempt, _finish_saves_on_error(ckpt):
       step = start
       while step < tcfg.num_train_steps:
         batch = next(train_iter)

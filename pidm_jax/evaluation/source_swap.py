@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pidm_jax import encoding
+from pidm_jax import multihost
 from pidm_jax.evaluation import masks as masks_lib
 from pidm_jax.evaluation.ssim import ssim_gaussian
 
@@ -41,7 +43,8 @@ METRIC_KEYS = ("ssim", "ssim_swapped_source", "ssim_copy_source", "body_colour_e
                "body_colour_error_swapped_source")
 
 
-PAIR_KEYS = ("source_image", "target_image", "source_pose", "target_pose", "target_keypoints")
+# Gathered of each pair: the model's inputs and the target keypoints (for the body regions).
+_GATHERED = encoding.MODEL_INPUT_KEYS + ("target_keypoints",)
 
 
 def first_pairs(eval_data, num_pairs: int) -> dict:
@@ -52,16 +55,14 @@ def first_pairs(eval_data, num_pairs: int) -> dict:
   images and pose maps: ``target_keypoints`` (for the body regions) and ``person_id`` (a list of
   str: each pair's identity, or its source image's id where the data set has none).
   """
-  from pidm_jax import encoding  # pylint: disable=g-import-not-at-top
-  from pidm_jax.sampling import gather  # pylint: disable=g-import-not-at-top
   if num_pairs < 1:
     raise ValueError(f"num_pairs must be at least 1, got {num_pairs}")
-  out = {k: [] for k in PAIR_KEYS + ("index",)}
+  out = {k: [] for k in _GATHERED + ("index",)}
   have = 0
   for batch in eval_data:
-    mask = gather(batch["mask"]).astype(bool)
+    mask = multihost.gather(batch["mask"]).astype(bool)
     for k in out:
-      out[k].append(gather(batch[k])[mask])
+      out[k].append(multihost.gather(batch[k])[mask])
     have += int(mask.sum())
     if have >= num_pairs:
       break
