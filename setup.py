@@ -39,6 +39,8 @@ setup(
         "numpy>=2.4",
         "ml_collections>=1.1.0",
         "ml_dtypes>=0.7.0",
+        # .safetensors files (pidm_jax/tensor_files.py: official-layout exports, weight files)
+        "safetensors>=0.8.0",
         "clu>=0.0.12",
         "absl-py>=2.5.1",
         "tensorboardX>=2.6.5",

@@ -1,8 +1,7 @@
-"""Tests of pidm_jax.convert: safe checkpoint loading, official <-> pidm_jax mapping, the CLI."""
+"""Tests of pidm_jax.convert: safe checkpoint loading (pidm_jax.tensor_files, through the names
+convert re-exports; more in test_tensor_files.py), official <-> pidm_jax mapping, the CLI."""
 
-import io
 import json
-import os
 import pickle
 import re
 import struct

