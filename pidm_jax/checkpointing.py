@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from pidm_jax import sharding as sharding_lib
+from pidm_jax import model_params
 
 EMA_PARAMS = "ema_params"
 TRAIN_STATE = "train_state"
@@ -110,29 +110,6 @@ def latest_step(directory) -> int | None:
     return mngr.latest_step()
   finally:
     mngr.close()
-
-
-def abstract_model(model_config) -> nnx.Module:
-  from pidm_jax.models import PIDM  # imported here: the models do not depend on Orbax
-  return sharding_lib.abstract_module(lambda: PIDM(model_config, rngs=nnx.Rngs(0)))
-
-
-def abstract_params(model_config, mesh=None, config=None) -> dict:
-  """Pure-dict ShapeDtypeStructs of the model's parameters, with shardings on ``mesh``."""
-  params = nnx.state(abstract_model(model_config), nnx.Param)
-  if mesh is None:
-    shard = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: shard, params)
-  else:
-    if config is None:
-      raise ValueError("abstract_params: parameter shardings on a mesh need the run's config "
-                       "(config.sharding)")
-    rules = sharding_lib.rules_from_config(config)
-    min_size = sharding_lib.min_shard_size_from_config(config)
-    shardings = sharding_lib.state_shardings(params, mesh, rules, min_size)
-  target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
-                        params.to_pure_dict(), shardings.to_pure_dict())
-  return target
 
 
 def _path_str(path) -> str:
@@ -251,7 +228,7 @@ def restore_ema_params(directory, model_config, *, mesh=None, config=None,
       raise FileNotFoundError(
           f"{directory} has no checkpoint step {step} (steps: "
           f"{', '.join(map(str, sorted(mngr.all_steps()))) or 'none'})")
-    target = abstract_params(model_config, mesh, config)
+    target = model_params.ModelSpec.from_config(model_config).abstract_params(mesh, config)
     failed = []
     for candidate in steps:
       try:
@@ -329,13 +306,6 @@ def check_config(directory, config, sections=("model", "diffusion")) -> None:
         + "\n  ".join(lines))
 
 
-def _placeholder_value(x):
-  """Concrete values for the non-parameter state of an eval-mode model (dropout RNG streams)."""
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return jax.random.split(jax.random.key(0), x.shape) if x.shape else jax.random.key(0)
-  return jax.numpy.zeros(x.shape, x.dtype)
-
-
 def load_model(directory, config, *, mesh=None, step: int | None = None,
                log=None) -> nnx.Module:
   """A PIDM in eval mode holding the EMA parameters of a checkpoint, sharded on ``mesh``.
@@ -344,16 +314,9 @@ def load_model(directory, config, *, mesh=None, step: int | None = None,
   diffusion differs from the config stored with the checkpoint (see ``check_config``).
   """
   check_config(directory, config)
-  model = abstract_model(config.model)
   params = restore_ema_params(directory, config.model, mesh=mesh, config=config, step=step,
                               log=log)
-  graphdef, abstract_state, rest = nnx.split(model, nnx.Param, ...)
-  state = nnx.State(abstract_state)
-  nnx.replace_by_pure_dict(state, params)
-  rest = jax.tree.map(_placeholder_value, rest)
-  loaded = nnx.merge(graphdef, state, rest)
-  loaded.eval()
-  return loaded
+  return model_params.ModelSpec.from_config(config.model).merge(params)
 
 
 def read_config_json(directory) -> dict | None:

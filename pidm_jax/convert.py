@@ -379,13 +379,6 @@ def official_to_params(state_dict, model_config) -> dict[Path, np.ndarray]:
   return params
 
 
-def _abstract_model(model_config, seed: int):
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from pidm_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from pidm_jax.models import PIDM  # pylint: disable=g-import-not-at-top
-  return sharding_lib.abstract_module(lambda: PIDM(model_config, rngs=nnx.Rngs(seed)))
-
-
 def convert_official_state_dict(state_dict, model_config, *, seed: int = 0):
   """Builds a :class:`~pidm_jax.models.PIDM` holding the weights of an official state_dict.
 
@@ -402,23 +395,23 @@ def convert_official_state_dict(state_dict, model_config, *, seed: int = 0):
   Raises:
     ValueError: listing every missing key, unknown key, non-tensor value and wrong shape.
   """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from pidm_jax import model_params  # pylint: disable=g-import-not-at-top
   params = official_to_params(state_dict, model_config)
-  graphdef, param_state, rest = nnx.split(_abstract_model(model_config, seed), nnx.Param, ...)
-  flat = list(nnx.to_flat_state(param_state))
-  mismatch = {path for path, _ in flat} ^ set(params)
+  spec = model_params.ModelSpec.from_config(model_config)
+  shapes = traverse_util.flatten_dict(spec.param_state.to_pure_dict())
+  mismatch = set(shapes) ^ set(params)
   if mismatch:  # the layout and the model disagree: a bug here, not in the user's input
     raise RuntimeError(f"convert layout does not cover the model: {sorted(map(str, mismatch))}")
-  for path, var in flat:
-    target = var.get_value()
+  values = {}
+  for path, target in shapes.items():
     if tuple(params[path].shape) != tuple(target.shape):
       raise RuntimeError(f"convert layout shape {params[path].shape} != model shape "
                          f"{target.shape} at {path}")
-    var.set_value(jnp.asarray(np.asarray(params[path], dtype=np.float32), dtype=target.dtype))
-  model = nnx.merge(graphdef, param_state, rest)
-  nnx.reseed(model, default=seed)
-  return model
+    values[path] = jnp.asarray(np.asarray(params[path], dtype=np.float32), dtype=target.dtype)
+  # train mode, as a new PIDM starts, with the dropout stream seeded from ``seed``
+  return spec.merge(traverse_util.unflatten_dict(values), train=True, dropout_key=seed)
 
 
 def _dead_value(t: OfficialTensor, seed: int) -> np.ndarray:

@@ -34,6 +34,7 @@ from pidm_jax import checkpointing
 from pidm_jax import console
 from pidm_jax import diffusion as diffusion_lib
 from pidm_jax import encoding
+from pidm_jax import model_params
 from pidm_jax import multihost
 from pidm_jax import sharding as sharding_lib
 from pidm_jax.diffusion import GaussianDiffusion
@@ -116,13 +117,8 @@ class Trainer:
     cfg = self.config
     self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     self.optimizer = make_optimizer(cfg.train)
-    abstract = sharding_lib.abstract_module(lambda: self._new_model(0))
-    self.graphdef, abstract_params, self._abstract_rest = nnx.split(abstract, nnx.Param, ...)
-    rules = sharding_lib.rules_from_config(cfg)
-    min_size = sharding_lib.min_shard_size_from_config(cfg)
-    self.param_shardings = sharding_lib.state_shardings(abstract_params, self.mesh, rules,
-                                                         min_size).to_pure_dict()
-    self.abstract_params = abstract_params.to_pure_dict()
+    self.model_spec = model_params.ModelSpec.from_config(cfg.model)
+    self.param_shardings = self.model_spec.shardings(self.mesh, cfg)
     replicated = sharding_lib.replicated(self.mesh)
     abstract_state = jax.eval_shape(functools.partial(self._init_state, 0))
     opt_shardings = optax.tree_map_params(
@@ -142,24 +138,14 @@ class Trainer:
                               donate_argnums=(0,))
 
   # -- model -------------------------------------------------------------------------------------
-  def _new_model(self, seed) -> PIDM:
-    return PIDM(self.config.model, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-
   def model_from_params(self, params, *, train: bool = False, dropout_key=None) -> PIDM:
-    """Merges the static graph with (pure-dict) parameters; inside jit or outside."""
-    rest = jax.tree.map(_fresh_rng_state, self._abstract_rest)
-    model = nnx.merge(self.graphdef, params, rest)
-    if train:
-      model.train()
-      nnx.reseed(model, dropout=dropout_key)
-    else:
-      model.eval()
-    return model
+    """A PIDM holding (pure-dict) parameters, inside jit or outside (``ModelSpec.merge``)."""
+    return self.model_spec.merge(params, train=train, dropout_key=dropout_key)
 
   # -- state -------------------------------------------------------------------------------------
   def _init_state(self, seed: int) -> TrainState:
     key = jax.random.key(seed)
-    params = nnx.state(self._new_model(seed), nnx.Param).to_pure_dict()
+    params = nnx.state(model_params.new_model(self.config.model, seed), nnx.Param).to_pure_dict()
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.optimizer.init(params), ema_params=params,
                       rng=jax.random.key_data(jax.random.fold_in(key, 1)))
@@ -221,12 +207,6 @@ class Trainer:
 
 def _select(pred, new, old):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
-
-
-def _fresh_rng_state(x):
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return jax.random.key(0) if not x.shape else jax.random.split(jax.random.key(0), x.shape)
-  return jnp.zeros(x.shape, x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
