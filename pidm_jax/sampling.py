@@ -86,7 +86,7 @@ class SamplerOptions:
     clip_denoised: clip x0 to [-1, 1]; None = the official choice per algorithm (DDPM yes, DDIM
       no; DPM-Solver no).
     appearance: 'official' or 'corrected' blending rule (used when a reference is given).
-    debug_loop: run the steps in a Python loop (one jitted step per call) instead of lax.scan.
+    debug_loop: run the steps in a Python loop (the guided model call jitted) instead of lax.scan.
   """
 
   algorithm: str = "ddim"
@@ -501,7 +501,7 @@ class Sampler:
                 out_shardings=self.batch_sharding)
     fns = dict(run=jax.jit(functools.partial(self.run, graphdef), **kw),
                encode=jax.jit(functools.partial(self._encode, graphdef)),
-               step=jax.jit(functools.partial(self._step, graphdef)))
+               predict=jax.jit(functools.partial(self._predict, graphdef)))
     self._programs.append((graphdef, fns))
     return fns
 
@@ -533,31 +533,24 @@ class Sampler:
     def predict(x, t):
       return guided_output(model, x, t, cond, self.options)
 
-    out = run_steps(predict, x_init, self.plan, self.options, k_steps,
-                    appearance=self._appearance(batch), python_loop=False)
-    return out
+    return run_steps(predict, x_init, self.plan, self.options, k_steps,
+                     appearance=self._appearance(batch))
 
   def _encode(self, graphdef, state, batch):
     return encode_conditions(self._merge(graphdef, state), batch, self.options)
 
-  def _step(self, graphdef, state, cond, appearance, carry, xs):
-    model = self._merge(graphdef, state)
-    step = _step_fn(lambda x, t: guided_output(model, x, t, cond, self.options), self.plan,
-                    self.options, appearance)
-    return step(carry, xs)
+  def _predict(self, graphdef, state, cond, x, t):
+    return guided_output(self._merge(graphdef, state), x, t, cond, self.options)
 
-  def run_python_loop(self, graphdef, state, batch: Mapping[str, Array], rng: Array) -> Array:
-    """The debug path: encoder jitted once, then the same step function (jitted) per step."""
+  def run_debug(self, graphdef, state, batch: Mapping[str, Array], rng: Array) -> Array:
+    """The debug path (``options.debug_loop``): the same steps as :meth:`run`, in a Python loop
+    (``run_steps(python_loop=True)``) with the encoder and the guided model call jitted, so that
+    every step's arrays can be printed or inspected."""
     fns = self._jitted(graphdef)
     cond = fns["encode"](state, batch)
     x_init, k_steps = self._initial(batch, rng)
-    appearance = self._appearance(batch)
-    xs = {k: jnp.asarray(v) for k, v in self.plan.arrays.items()}
-    xs["key"] = jax.random.split(k_steps, self.plan.num_steps)
-    carry = (x_init, jnp.zeros_like(x_init))
-    for i in range(self.plan.num_steps):
-      carry = fns["step"](state, cond, appearance, carry, jax.tree.map(lambda a, i=i: a[i], xs))
-    return carry[0]
+    return run_steps(lambda x, t: fns["predict"](state, cond, x, t), x_init, self.plan,
+                     self.options, k_steps, appearance=self._appearance(batch), python_loop=True)
 
   # -- calling ----------------------------------------------------------------------------------
   def prepare(self, model, batch: Mapping[str, Any], rng: Array | None):
@@ -598,7 +591,7 @@ class Sampler:
   def __call__(self, model, batch: Mapping[str, Any], rng: Array | None = None) -> Array:
     graphdef, state, batch, rng = self.prepare(model, batch, rng)
     if self.options.debug_loop:
-      return self.run_python_loop(graphdef, state, batch, rng)
+      return self.run_debug(graphdef, state, batch, rng)
     return self._jitted(graphdef)["run"](state, batch, rng)
 
 
@@ -612,13 +605,9 @@ def _global_array(x, sharding: NamedSharding) -> Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+@functools.lru_cache(maxsize=1)
 def default_diffusion() -> GaussianDiffusion:
   """The official process: 1000 linear betas from 1e-4 to 2e-2."""
-  return _default_diffusion()
-
-
-@functools.lru_cache(maxsize=1)
-def _default_diffusion() -> GaussianDiffusion:
   return GaussianDiffusion(beta_schedule("linear", 1000))
 
 
@@ -637,41 +626,38 @@ def get_sampler(diffusion: GaussianDiffusion | None, options: SamplerOptions,
                          options, mesh)
 
 
-def sample(model, source, pose, *, algorithm: str = "ddim", steps: int = 50,
-           guidance_scale: float = 2.0, rng: Array | None = None, noise=None, eta: float = 0.0,
-           spacing: str | None = None, guidance: str = "style", pose_scale: float = 2.0,
-           style_scale: float = 2.0, clip_denoised: bool | None = None, reference=None,
-           mask=None, appearance: str = "official", source_b=None, style_mix=None,
-           diffusion: GaussianDiffusion | None = None, mesh: Mesh | None = None,
-           debug_loop: bool = False) -> Array:
+_OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(SamplerOptions))
+
+
+def sample(model, source, pose, *, rng: Array | None = None, noise=None, reference=None, mask=None,
+           source_b=None, style_mix=None, diffusion: GaussianDiffusion | None = None,
+           mesh: Mesh | None = None, options: SamplerOptions | None = None,
+           **option_fields) -> Array:
   """Samples person images of ``source`` in the target ``pose``.
 
   Args:
     model: a PIDM (its eval-mode forward is used; the model object is not modified).
     source: (B, H, W, 3) source images in [-1, 1].
     pose: (B, H, W, 20) target pose maps in [0, 1].
-    algorithm: 'ddim' (official), 'ddpm' (steps = T for the official chain) or 'dpm_solver'.
-    steps: grid size (see :func:`timestep_grid`).
-    guidance_scale: s of the official rule null + s (cond - null).
     rng: PRNG key; needed unless ``noise`` is given and the sampler is deterministic.
     noise: optional x_T (B, H, W, 3).
-    eta: DDIM eta.
-    spacing: 'official' or 'trailing' grid (None: official, trailing for dpm_solver).
-    guidance: 'style' or 'disentangled' (then ``pose_scale`` and ``style_scale`` are w_p, w_s).
-    clip_denoised: clip x0 (None = the official choice per algorithm).
     reference, mask: appearance control: keep ``reference`` where mask = 0 (B, H, W, 1 or 3).
-    appearance: 'official' (one-step lag) or 'corrected' blending.
     source_b, style_mix: style interpolation: features (1 - w) f(source) + w f(source_b), w (B,).
     diffusion: the process (default: the official 1000 linear betas).
     mesh: optional mesh; the batch is split over its data axes.
-    debug_loop: run the steps in a Python loop (same step function) instead of lax.scan.
+    options: the sampler's settings (:class:`SamplerOptions`; default: the official DDIM, 50
+      steps, style guidance with s = 2).
+    **option_fields: any :class:`SamplerOptions` field by name (``algorithm``, ``steps``,
+      ``guidance_scale``, ``eta``, ...), replacing the one in ``options``.
   Returns:
     (B, H, W, 3) float32 images in [-1, 1] (clipped, as the official code does when saving).
   """
-  options = SamplerOptions(algorithm=algorithm, steps=steps, spacing=spacing, guidance=guidance,
-                           guidance_scale=guidance_scale, pose_scale=pose_scale,
-                           style_scale=style_scale, eta=eta, clip_denoised=clip_denoised,
-                           appearance=appearance, debug_loop=debug_loop)
+  unknown = sorted(set(option_fields) - set(_OPTION_FIELDS))
+  if unknown:
+    raise TypeError(f"sample() got unknown option(s) {unknown}; SamplerOptions fields are "
+                    f"{list(_OPTION_FIELDS)}")
+  options = dataclasses.replace(options if options is not None else SamplerOptions(),
+                                **option_fields)
   batch = dict(source=source, pose=pose)
   optional = dict(noise=noise, reference=reference, mask=mask, source_b=source_b,
                   style_mix=style_mix)

@@ -624,3 +624,10 @@ def test_sample_api_with_given_noise_needs_no_rng(toy_inputs):
   np.testing.assert_array_equal(np.asarray(out), np.asarray(again))
   with pytest.raises(ValueError, match="pass rng"):
     sampling.sample(model, src, pose, steps=2)
+  # the options by name or as one SamplerOptions; a misspelt field is refused by name
+  opts = sampling.SamplerOptions(steps=2, guidance_scale=3.0)
+  np.testing.assert_array_equal(
+      np.asarray(sampling.sample(model, src, pose, noise=noise, options=opts)),
+      np.asarray(sampling.sample(model, src, pose, noise=noise, steps=2, guidance_scale=3.0)))
+  with pytest.raises(TypeError, match=r"unknown option\(s\) \['guidance_sclae'\]"):
+    sampling.sample(model, src, pose, noise=noise, guidance_sclae=3.0)
