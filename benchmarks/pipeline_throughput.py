@@ -32,8 +32,11 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import numpy as np
 
-flags.DEFINE_string("data_dir", None, "TFDS data dir holding (or to hold) the synthetic set; "
-                    "default: a fresh temporary dir")
+flags.DEFINE_string(
+    "data_dir",
+    None,
+    "TFDS data dir holding (or to hold) the synthetic set; " "default: a fresh temporary dir",
+)
 flags.DEFINE_string("dataset", "synthetic_people/res256", "data set to read")
 flags.DEFINE_integer("batch_size", 64, "samples per batch (2 per pair)")
 flags.DEFINE_integer("num_batches", 8, "timed batches")
@@ -91,8 +94,9 @@ def _stages(source, image_size, pairs: int) -> dict[str, float]:
     parts = {}
     for side in ("target", "source"):
       scaled, offset = pose.random_scale_crop_params(h, w, rng, 0.05)
-      parts[side] = pose.scale_crop(record[f"{side}_image"],
-                                    record[f"{side}_keypoints"].astype(np.float64), scaled, offset)
+      parts[side] = pose.scale_crop(
+          record[f"{side}_image"], record[f"{side}_keypoints"].astype(np.float64), scaled, offset
+      )
     t2 = time.thread_time()
     maps = {side: pose.pose_map_uint8(kp, h, w, mirror=True) for side, (_, kp) in parts.items()}
     t3 = time.thread_time()
@@ -124,9 +128,14 @@ def _pipeline(config, num_batches: int, read_threads: int) -> dict[str, float]:
   assert batch["source_pose"].shape[0] == config.train.batch_size // 2
   if hasattr(train, "close"):
     train.close()
-  return {"samples": samples, "wall_s": t1 - t0, "cpu_s": c1 - c0,
-          "samples_per_s": samples / (t1 - t0), "samples_per_cpu_s": samples / (c1 - c0),
-          "processes": 1 + len(pids)}
+  return {
+      "samples": samples,
+      "wall_s": t1 - t0,
+      "cpu_s": c1 - c0,
+      "samples_per_s": samples / (t1 - t0),
+      "samples_per_cpu_s": samples / (c1 - c0),
+      "processes": 1 + len(pids),
+  }
 
 
 def main(argv):
@@ -154,21 +163,28 @@ def main(argv):
   config.data.image_size = stored
 
   result = {
-      "dataset": FLAGS.dataset, "image_size": list(stored), "train_pairs": len(source),
-      "build_or_load_s": round(build_s, 1), "cpu_count": os.cpu_count(),
-      "load_average": os.getloadavg(), "opencv_threads": FLAGS.opencv_threads,
-      "worker_count": FLAGS.worker_count, "read_threads": FLAGS.read_threads,
+      "dataset": FLAGS.dataset,
+      "image_size": list(stored),
+      "train_pairs": len(source),
+      "build_or_load_s": round(build_s, 1),
+      "cpu_count": os.cpu_count(),
+      "load_average": os.getloadavg(),
+      "opencv_threads": FLAGS.opencv_threads,
+      "worker_count": FLAGS.worker_count,
+      "read_threads": FLAGS.read_threads,
       "augmentation": {"scale_aug": config.data.scale_aug, "flip_prob": config.data.flip_prob},
       "stages_ms_per_pair": _stages(source, stored, FLAGS.stage_pairs),
       "pipeline": _pipeline(config, FLAGS.num_batches, FLAGS.read_threads),
   }
   print(json.dumps(result, indent=2, default=lambda x: round(x, 3) if isinstance(x, float) else x))
   per_core = result["pipeline"]["samples_per_cpu_s"]
-  print(f"\n{FLAGS.dataset} {stored[0]}x{stored[1]} with augmentation: "
-        f"{per_core:.1f} training samples/s per CPU core "
-        f"({result['pipeline']['samples_per_s']:.1f} samples/s wall clock, "
-        f"{result['pipeline']['processes']} process(es), load average "
-        f"{result['load_average'][0]:.1f} on {os.cpu_count()} cores); goal 100")
+  print(
+      f"\n{FLAGS.dataset} {stored[0]}x{stored[1]} with augmentation: "
+      f"{per_core:.1f} training samples/s per CPU core "
+      f"({result['pipeline']['samples_per_s']:.1f} samples/s wall clock, "
+      f"{result['pipeline']['processes']} process(es), load average "
+      f"{result['load_average'][0]:.1f} on {os.cpu_count()} cores); goal 100"
+  )
 
 
 if __name__ == "__main__":

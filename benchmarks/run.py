@@ -49,13 +49,15 @@ SKIPPABLE = ("train", "sample", "pipeline")
 RESULTS_HEADER = (
     "| date (UTC) | device | n | jax / flax | config | image | train batch | step s | samples/s "
     "| lower + compile s | TFLOP/s XLA (util) | TFLOP/s model (util) | peak mem | sample "
-    "img/s @B | latency @1 s | sample first call s | pipeline samples/CPU-s | note |")
+    "img/s @B | latency @1 s | sample first call s | pipeline samples/CPU-s | note |"
+)
 
 
 def define_flags() -> None:
   """The command-line flags (defined only when run as a script, so tests can import this)."""
-  config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+      "config", None, "Path to a config file (configs/*.py).", lock_config=True
+  )
   flags.mark_flag_as_required("config")
   flags.DEFINE_float("cpu_peak_tflops", None, "peak TFLOP/s of one CPU device (no table entry)")
   flags.DEFINE_list("skip", [], f"parts to skip, of {SKIPPABLE}")
@@ -69,14 +71,23 @@ def define_flags() -> None:
   flags.DEFINE_integer("sample_steps", 50, "DDIM steps")
   flags.DEFINE_float("guidance_scale", 2.0, "classifier-free guidance scale")
   flags.DEFINE_integer("sample_repeats", 3, "timed sampling calls after the first (median)")
-  flags.DEFINE_float("time_budget_s", 60.0,
-                     "stop timed train steps / sampling calls once they have taken this long "
-                     "(at least one runs; the record lists every time)")
-  flags.DEFINE_string("pipeline_args", "--num_batches=4",
-                      "extra arguments for benchmarks/pipeline_throughput.py (space separated)")
-  flags.DEFINE_string("pipeline_reported", None,
-                      "with --skip=pipeline: a figure measured elsewhere (samples per CPU-second), "
-                      "recorded as such in the row")
+  flags.DEFINE_float(
+      "time_budget_s",
+      60.0,
+      "stop timed train steps / sampling calls once they have taken this long "
+      "(at least one runs; the record lists every time)",
+  )
+  flags.DEFINE_string(
+      "pipeline_args",
+      "--num_batches=4",
+      "extra arguments for benchmarks/pipeline_throughput.py (space separated)",
+  )
+  flags.DEFINE_string(
+      "pipeline_reported",
+      None,
+      "with --skip=pipeline: a figure measured elsewhere (samples per CPU-second), "
+      "recorded as such in the row",
+  )
   flags.DEFINE_integer("seed", 0, "seed of the parameters and synthetic data")
 
 
@@ -122,8 +133,13 @@ def memory_analysis(compiled) -> dict[str, int] | None:
     return None
   if mem is None:
     return None
-  keys = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-          "temp_size_in_bytes", "generated_code_size_in_bytes")
+  keys = (
+      "argument_size_in_bytes",
+      "output_size_in_bytes",
+      "alias_size_in_bytes",
+      "temp_size_in_bytes",
+      "generated_code_size_in_bytes",
+  )
   return {k: int(getattr(mem, k)) for k in keys if hasattr(mem, k)}
 
 
@@ -140,9 +156,15 @@ def peak_memory_bytes(devices) -> int | None:
   return max(peaks_seen) if peaks_seen else None
 
 
-def training_figures(*, step_s: float, batch_size: int, num_devices: int,
-                     xla_flops_per_device: float | None, model_flops_per_step: float | None,
-                     peak_per_device: float | None) -> dict[str, Any]:
+def training_figures(
+    *,
+    step_s: float,
+    batch_size: int,
+    num_devices: int,
+    xla_flops_per_device: float | None,
+    model_flops_per_step: float | None,
+    peak_per_device: float | None,
+) -> dict[str, Any]:
   """Throughput and utilisation from a measured step time.
 
   ``xla_flops_per_device`` is the cost analysis of the (SPMD-partitioned, per-device) compiled
@@ -154,9 +176,12 @@ def training_figures(*, step_s: float, batch_size: int, num_devices: int,
   model = None
   if model_flops_per_step is not None:
     model = model_flops_per_step / num_devices / step_s / 1e12
-  out.update(xla_tflops_per_device=xla, xla_utilisation=peaks.utilisation(xla, peak_per_device),
-             model_tflops_per_device=model,
-             model_utilisation=peaks.utilisation(model, peak_per_device))
+  out.update(
+      xla_tflops_per_device=xla,
+      xla_utilisation=peaks.utilisation(xla, peak_per_device),
+      model_tflops_per_device=model,
+      model_utilisation=peaks.utilisation(model, peak_per_device),
+  )
   return out
 
 
@@ -191,11 +216,15 @@ def results_row(record: Mapping[str, Any]) -> str:
   first = [f"{x['first_call_s']:.1f} (B={x['batch']})" for x in (thr, lat) if x]
   cells = [
       record["date"][:16].replace("T", " "),
-      env["device"], str(env["device_count"]), f"{env['jax']} / {env['flax']}",
+      env["device"],
+      str(env["device_count"]),
+      f"{env['jax']} / {env['flax']}",
       record["config_name"] + (" " + " ".join(record["overrides"]) if record["overrides"] else ""),
       f"{size[0]}x{size[1]}",
       str(tr.get("batch_size", "skipped" if "train" in record["skipped"] else "n/a")),
-      _fmt(tr.get("step_s")), _fmt(tr.get("samples_per_s")), compile_s or "n/a",
+      _fmt(tr.get("step_s")),
+      _fmt(tr.get("samples_per_s")),
+      compile_s or "n/a",
       _rate_util(tr.get("xla_tflops_per_device"), tr.get("xla_utilisation")),
       _rate_util(tr.get("model_tflops_per_device"), tr.get("model_utilisation")),
       _bytes(tr.get("peak_memory_bytes")),
@@ -203,10 +232,15 @@ def results_row(record: Mapping[str, Any]) -> str:
       + (f", {sa['steps']} steps, s={sa['guidance_scale']:g}" if sa else ""),
       _fmt(lat.get("latency_s")) if lat else "n/a",
       "; ".join(first) or "n/a",
-      (f"{pi['samples_per_cpu_s']:.1f} @{pi['image_size'][0]}x{pi['image_size'][1]}"
-       if pi else (
-          f"{record['pipeline_reported']} (not re-run)" if record.get("pipeline_reported")
-          else "n/a")),
+      (
+          f"{pi['samples_per_cpu_s']:.1f} @{pi['image_size'][0]}x{pi['image_size'][1]}"
+          if pi
+          else (
+              f"{record['pipeline_reported']} (not re-run)"
+              if record.get("pipeline_reported")
+              else "n/a"
+          )
+      ),
       record.get("note", "").replace("|", "/"),
   ]
   return "| " + " | ".join(cells) + " |"
@@ -217,8 +251,10 @@ def append_row(path: str, row: str) -> None:
   new = not os.path.exists(path) or os.path.getsize(path) == 0
   with open(path, "a", encoding="utf-8") as f:
     if new:
-      f.write("# Benchmark results\n\nAppended by `benchmarks/run.py`, one row per run; see "
-              "README.md in this folder for what each column means.\n\n")
+      f.write(
+          "# Benchmark results\n\nAppended by `benchmarks/run.py`, one row per run; see "
+          "README.md in this folder for what each column means.\n\n"
+      )
       f.write(RESULTS_HEADER + "\n")
       f.write("|" + "---|" * (RESULTS_HEADER.count("|") - 1) + "\n")
     f.write(row + "\n")
@@ -233,6 +269,7 @@ def synthetic_batch(batch_size: int, image_size, pose_channels: int, seed: int):
   """A training batch of ``batch_size // 2`` pairs as the input pipeline makes them: uint8 images
   and pose maps (the train step converts them; ``pidm_jax.encoding``)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   if batch_size % 2:
     raise ValueError(f"config.train.batch_size = {batch_size} must be even (2 per pair)")
   rng = np.random.default_rng(seed)
@@ -246,8 +283,9 @@ def synthetic_batch(batch_size: int, image_size, pose_channels: int, seed: int):
   }
 
 
-def bench_train(config, peak: float | None, warmup: int, timed: int, seed: int,
-                budget_s: float | None = None) -> dict:
+def bench_train(
+    config, peak: float | None, warmup: int, timed: int, seed: int, budget_s: float | None = None
+) -> dict:
   """Compile time, step time, throughput, FLOPs and memory of the train step."""
   import jax  # pylint: disable=g-import-not-at-top
   from pidm_jax import sharding, train  # pylint: disable=g-import-not-at-top
@@ -286,22 +324,46 @@ def bench_train(config, peak: float | None, warmup: int, timed: int, seed: int,
   if peaks.is_paper_model(config.model):
     model_flops = peaks.paper_train_flops(config.train.batch_size, image_size)
   flops = xla_flops(compiled)
-  out = {"batch_size": config.train.batch_size, "mesh": dict(mesh.shape), "init_s": init_s,
-         "lower_s": lower_s, "compile_s": compile_s, "warmup_steps": warmup,
-         "step_times_s": times, "xla_flops_per_device": flops,
-         "model_flops_per_step": model_flops,
-         "model_flops_source": ("paper counts (peaks.py), scaled by pixel count" if model_flops
-                                else "n/a: not the paper architecture; use the XLA figure"),
-         "memory_analysis": memory_analysis(compiled),
-         "peak_memory_bytes": peak_memory_bytes(devices)}
-  out.update(training_figures(step_s=step_s, batch_size=config.train.batch_size,
-                              num_devices=len(devices), xla_flops_per_device=flops,
-                              model_flops_per_step=model_flops, peak_per_device=peak))
+  out = {
+      "batch_size": config.train.batch_size,
+      "mesh": dict(mesh.shape),
+      "init_s": init_s,
+      "lower_s": lower_s,
+      "compile_s": compile_s,
+      "warmup_steps": warmup,
+      "step_times_s": times,
+      "xla_flops_per_device": flops,
+      "model_flops_per_step": model_flops,
+      "model_flops_source": (
+          "paper counts (peaks.py), scaled by pixel count"
+          if model_flops
+          else "n/a: not the paper architecture; use the XLA figure"
+      ),
+      "memory_analysis": memory_analysis(compiled),
+      "peak_memory_bytes": peak_memory_bytes(devices),
+  }
+  out.update(
+      training_figures(
+          step_s=step_s,
+          batch_size=config.train.batch_size,
+          num_devices=len(devices),
+          xla_flops_per_device=flops,
+          model_flops_per_step=model_flops,
+          peak_per_device=peak,
+      )
+  )
   return out
 
 
-def bench_sample(config, batches: Mapping[str, int], steps: int, guidance_scale: float,
-                 repeats: int, seed: int, budget_s: float | None = None) -> dict:
+def bench_sample(
+    config,
+    batches: Mapping[str, int],
+    steps: int,
+    guidance_scale: float,
+    repeats: int,
+    seed: int,
+    budget_s: float | None = None,
+) -> dict:
   """Images/s and latency of guided DDIM sampling with a random model in eval mode."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -325,8 +387,10 @@ def bench_sample(config, batches: Mapping[str, int], steps: int, guidance_scale:
     data = synthetic_batch(2 * b, image_size, config.model.pose_channels, seed)
     key = jax.random.key(seed)
     sampler = sampling.get_sampler(diffusion, options, use_mesh)
-    inputs = {"source": jnp.asarray(encoding.image_to_float(data["source_image"])),
-              "pose": jnp.asarray(encoding.pose_to_float(data["target_pose"]))}
+    inputs = {
+        "source": jnp.asarray(encoding.image_to_float(data["source_image"])),
+        "pose": jnp.asarray(encoding.pose_to_float(data["target_pose"])),
+    }
     t = time.perf_counter()
     run = sampler.compile(model, inputs, key)  # ahead of time: compilation timed apart
     compile_s = time.perf_counter() - t
@@ -335,10 +399,16 @@ def bench_sample(config, batches: Mapping[str, int], steps: int, guidance_scale:
       jax.block_until_ready(run(model, inputs, key))
 
     median_s, times = median_seconds(call, repeats, budget_s)
-    entry = {"batch": b, "devices": len(use_mesh.devices.flat) if use_mesh else 1,
-             "compile_s": compile_s, "first_call_s": compile_s + times[0],
-             "median_s": median_s, "times_s": times,
-             "images_per_s": b / median_s, "latency_s": median_s}
+    entry = {
+        "batch": b,
+        "devices": len(use_mesh.devices.flat) if use_mesh else 1,
+        "compile_s": compile_s,
+        "first_call_s": compile_s + times[0],
+        "median_s": median_s,
+        "times_s": times,
+        "images_per_s": b / median_s,
+        "latency_s": median_s,
+    }
     if peaks.is_paper_model(config.model):
       flops = peaks.paper_sample_flops(b, image_size, steps, guidance_scale != 1.0)
       entry["model_tflops"] = flops / median_s / 1e12 / entry["devices"]
@@ -353,12 +423,15 @@ def bench_pipeline(extra_args: str) -> dict:
   if proc.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
   text = proc.stdout
-  result, _ = json.JSONDecoder().raw_decode(text[text.index("{"):])
+  result, _ = json.JSONDecoder().raw_decode(text[text.index("{") :])
   figures = result["pipeline"]
   script = os.path.relpath(cmd[1], os.path.dirname(_HERE))
-  figures.update(dataset=result["dataset"], image_size=result["image_size"],
-                 stages_ms_per_pair=result["stages_ms_per_pair"],
-                 command=" ".join([script] + cmd[2:]))
+  figures.update(
+      dataset=result["dataset"],
+      image_size=result["image_size"],
+      stages_ms_per_pair=result["stages_ms_per_pair"],
+      command=" ".join([script] + cmd[2:]),
+  )
   return figures
 
 
@@ -366,15 +439,24 @@ def environment(cpu_peak: float | None) -> dict:
   """Devices, versions and the peak rate used."""
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+
   dev = jax.devices()[0]
   name, peak = peaks.peak_tflops(dev.device_kind, dev.platform, cpu_peak)
-  return {"device": name, "device_kind": dev.device_kind, "platform": dev.platform,
-          "device_count": jax.device_count(), "process_count": jax.process_count(),
-          "jax": jax.__version__, "jaxlib": getattr(jax.lib, "__version__", None) or
-          __import__("jaxlib").__version__, "flax": flax.__version__,
-          "python": platform.python_version(), "host": platform.machine(),
-          "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()),
-          "peak_tflops_per_device": peak}
+  return {
+      "device": name,
+      "device_kind": dev.device_kind,
+      "platform": dev.platform,
+      "device_count": jax.device_count(),
+      "process_count": jax.process_count(),
+      "jax": jax.__version__,
+      "jaxlib": getattr(jax.lib, "__version__", None) or __import__("jaxlib").__version__,
+      "flax": flax.__version__,
+      "python": platform.python_version(),
+      "host": platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "load_average": list(os.getloadavg()),
+      "peak_tflops_per_device": peak,
+  }
 
 
 def _overrides() -> list[str]:
@@ -394,31 +476,52 @@ def main(argv):
   config = FLAGS.config
   now = datetime.datetime.now(datetime.timezone.utc)
   env = environment(FLAGS.cpu_peak_tflops)
-  record = {"date": now.isoformat(timespec="seconds"), "environment": env,
-            "config_name": os.path.relpath(config_flags.get_config_filename(FLAGS["config"])),
-            "overrides": _overrides(), "argv": sys.argv[1:],
-            "config": json.loads(config.to_json_best_effort()),
-            "skipped": list(FLAGS.skip), "note": FLAGS.note,
-            "pipeline_reported": FLAGS.pipeline_reported}
-  print(f"devices: {env['device_count']} x {env['device_kind']} ({env['platform']}), peak "
-        f"{_fmt(env['peak_tflops_per_device'])} TFLOP/s per device", flush=True)
+  record = {
+      "date": now.isoformat(timespec="seconds"),
+      "environment": env,
+      "config_name": os.path.relpath(config_flags.get_config_filename(FLAGS["config"])),
+      "overrides": _overrides(),
+      "argv": sys.argv[1:],
+      "config": json.loads(config.to_json_best_effort()),
+      "skipped": list(FLAGS.skip),
+      "note": FLAGS.note,
+      "pipeline_reported": FLAGS.pipeline_reported,
+  }
+  print(
+      f"devices: {env['device_count']} x {env['device_kind']} ({env['platform']}), peak "
+      f"{_fmt(env['peak_tflops_per_device'])} TFLOP/s per device",
+      flush=True,
+  )
   if "train" not in FLAGS.skip:
-    record["train"] = bench_train(config, env["peak_tflops_per_device"], FLAGS.warmup_steps,
-                                  FLAGS.timed_steps, FLAGS.seed, FLAGS.time_budget_s)
-    print("train:", json.dumps({k: v for k, v in record["train"].items()
-                                if k != "step_times_s"}, default=str), flush=True)
+    record["train"] = bench_train(
+        config,
+        env["peak_tflops_per_device"],
+        FLAGS.warmup_steps,
+        FLAGS.timed_steps,
+        FLAGS.seed,
+        FLAGS.time_budget_s,
+    )
+    print(
+        "train:",
+        json.dumps({k: v for k, v in record["train"].items() if k != "step_times_s"}, default=str),
+        flush=True,
+    )
   if "sample" not in FLAGS.skip:
     record["sample"] = bench_sample(
-        config, {"throughput": FLAGS.sample_batch, "latency": FLAGS.latency_batch},
-        FLAGS.sample_steps, FLAGS.guidance_scale, FLAGS.sample_repeats, FLAGS.seed,
-        FLAGS.time_budget_s)
+        config,
+        {"throughput": FLAGS.sample_batch, "latency": FLAGS.latency_batch},
+        FLAGS.sample_steps,
+        FLAGS.guidance_scale,
+        FLAGS.sample_repeats,
+        FLAGS.seed,
+        FLAGS.time_budget_s,
+    )
     print("sample:", json.dumps(record["sample"], default=str), flush=True)
   if "pipeline" not in FLAGS.skip:
     record["pipeline"] = bench_pipeline(FLAGS.pipeline_args)
     print("pipeline:", json.dumps(record["pipeline"], default=str), flush=True)
 
-  output = FLAGS.output or os.path.join(_HERE, "results",
-                                        now.strftime("%Y%m%dT%H%M%SZ") + ".json")
+  output = FLAGS.output or os.path.join(_HERE, "results", now.strftime("%Y%m%dT%H%M%SZ") + ".json")
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w", encoding="utf-8") as f:
     json.dump(record, f, indent=2, default=str)
@@ -430,4 +533,5 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   from pidm_jax import console  # pylint: disable=g-import-not-at-top
+
   console.run(main)

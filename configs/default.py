@@ -33,7 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.dtype = "bfloat16"  # compute dtype; parameters, norms, softmax and losses stay float32
   model.param_dtype = "float32"
   model.remat = False
-  model.attention_implementation = config_dict.placeholder(str)  # None = best available ('cudnn' on GPU where possible)
+  model.attention_implementation = config_dict.placeholder(
+      str
+  )  # None = best available ('cudnn' on GPU where possible)
   model.cond_drop_prob = 0.1  # source image -> zeros (classifier-free guidance)
   model.pose_drop_prob = 0.0  # pose -> null pose (disentangled guidance; 0 as in the official code)
 
@@ -49,7 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "deep_fashion"
   data.builder_config = "res256"
-  data.data_dir = config_dict.placeholder(str)  # TFDS data dir (None = TFDS default / $TFDS_DATA_DIR)
+  data.data_dir = config_dict.placeholder(
+      str
+  )  # TFDS data dir (None = TFDS default / $TFDS_DATA_DIR)
   data.image_size = (256, 256)  # (H, W) fed to the network
   data.scale_aug = 0.05  # random scale in [0, scale_aug) with random crop, train only
   data.flip_prob = 0.5
@@ -64,7 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.learning_rate = 2e-5
   train.warmup_steps = 5000
   train.warmup_init_lr = 8e-7
-  train.lr_decay = "constant"  # after the warm-up: "constant" (official) or "cosine" (to 0 at the end)
+  train.lr_decay = (
+      "constant"  # after the warm-up: "constant" (official) or "cosine" (to 0 at the end)
+  )
   # Training timesteps: uniform (official, 0.0), or this fraction drawn from [high_noise_from * T, T).
   train.high_noise_fraction = 0.0
   train.high_noise_from = 0.8
@@ -86,7 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
   sample.steps = 50
   sample.guidance_scale = 2.0
   sample.eta = 0.0
-  sample.clip_denoised = config_dict.placeholder(bool)  # clip x0 to [-1, 1]; None = official (DDPM yes, DDIM no)
+  sample.clip_denoised = config_dict.placeholder(
+      bool
+  )  # clip x0 to [-1, 1]; None = official (DDPM yes, DDIM no)
   sample.spacing = "official"  # or "trailing" (starts at T - 1)
   sample.guidance = "style"  # or "disentangled" (needs a model trained with pose dropout)
   sample.pose_scale = 2.0  # w_p of the disentangled guidance
@@ -103,8 +111,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Logical parameter axes -> mesh axes; tensors under min_shard_size elements stay replicated.
   config.sharding = sharding = ml_collections.ConfigDict()
   sharding.rules = (
-      ("conv_height", None), ("conv_width", None), ("conv_in", None), ("conv_out", "fsdp"),
-      ("dense_in", None), ("dense_out", "fsdp"), ("norm", None),
+      ("conv_height", None),
+      ("conv_width", None),
+      ("conv_in", None),
+      ("conv_out", "fsdp"),
+      ("dense_in", None),
+      ("dense_out", "fsdp"),
+      ("norm", None),
   )
   sharding.min_shard_size = 2**16
 

@@ -17,13 +17,18 @@ from configs import default
 
 def get_config(checkpoint: str = "") -> ml_collections.ConfigDict:
   if not checkpoint:
-    raise ValueError("configs/stored.py needs the checkpoint directory: "
-                     "--config=configs/stored.py:<checkpoint directory>")
+    raise ValueError(
+        "configs/stored.py needs the checkpoint directory: "
+        "--config=configs/stored.py:<checkpoint directory>"
+    )
   from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
   stored = checkpointing.read_config_json(os.path.expanduser(checkpoint))  # local or gs://
   if stored is None:
-    raise ValueError(f"checkpoint {checkpoint} has no stored config (no config.json; "
-                     "checkpoints of older runs need their config: --config=configs/<x>.py)")
+    raise ValueError(
+        f"checkpoint {checkpoint} has no stored config (no config.json; "
+        "checkpoints of older runs need their config: --config=configs/<x>.py)"
+    )
   # The stored values laid over the full config structure, whose placeholders keep the field types
   # JSON cannot carry (an unset ``data.data_dir`` is a str field, so it can still be overridden).
   config = default.get_config()

@@ -40,13 +40,16 @@ def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     return tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError:
     from input_pipeline.pipeline import DataSetError  # pylint: disable=g-import-not-at-top
+
     raise DataSetError(
         f"unknown data set {name!r}: pidm_jax builds {', '.join(sorted(BUILDER_MODULES))} "
-        "(name[/config]); other names must be TFDS data sets") from None
+        "(name[/config]); other names must be TFDS data sets"
+    ) from None
 
 
-def build(name: str, data_dir: str | None = None, manual_dir: str | None = None
-          ) -> tfds.core.DatasetBuilder:
+def build(
+    name: str, data_dir: str | None = None, manual_dir: str | None = None
+) -> tfds.core.DatasetBuilder:
   """Builds ``name[/config]`` (from ``manual_dir`` for the manual data sets); returns its builder.
 
   A data set already built in ``data_dir`` is reused as TFDS does.

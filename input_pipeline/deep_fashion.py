@@ -64,10 +64,12 @@ class DeepFashion(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
-      manual_data.SizeConfig(name="res256", description="stretched to 256x256 (official)",
-                             height=256, width=256),
-      manual_data.SizeConfig(name="res512", description="stretched to 512x512", height=512,
-                             width=512),
+      manual_data.SizeConfig(
+          name="res256", description="stretched to 256x256 (official)", height=256, width=256
+      ),
+      manual_data.SizeConfig(
+          name="res512", description="stretched to 512x512", height=512, width=512
+      ),
   ]
   DEFAULT_CONFIG_NAME = "res256"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -90,8 +92,9 @@ class DeepFashion(tfds.core.GeneratorBasedBuilder):
     root = os.fspath(dl_manager.manual_dir)
     layout, files = find_layout(root)
     logging.info("deep_fashion: %s layout in %s, splits %s", layout, root, sorted(files))
-    return {split: self._generate_examples(root, layout, split, path)
-            for split, path in files.items()}
+    return {
+        split: self._generate_examples(root, layout, split, path) for split, path in files.items()
+    }
 
   def _generate_examples(self, root: str, layout: str, split: str, pairs_file: str):
     height, width = self.builder_config.height, self.builder_config.width
@@ -100,7 +103,8 @@ class DeepFashion(tfds.core.GeneratorBasedBuilder):
     else:
       pairs, image_paths, keypoints, to_frame = _read_gfla(root, split, pairs_file)
     yield from manual_data.generate_pair_examples(
-        pairs, image_paths, keypoints, to_frame, height, width, f"deep_fashion {split}")
+        pairs, image_paths, keypoints, to_frame, height, width, f"deep_fashion {split}"
+    )
 
 
 def find_layout(root: str) -> tuple[str, dict[str, str]]:
@@ -113,15 +117,17 @@ def find_layout(root: str) -> tuple[str, dict[str, str]]:
     return "pidm", pidm
   gfla = {}
   for split in SPLITS:
-    path = manual_data.first_existing(root, [f"fasion-pairs-{split}.csv",
-                                             f"fasion-resize-pairs-{split}.csv"])
+    path = manual_data.first_existing(
+        root, [f"fasion-pairs-{split}.csv", f"fasion-resize-pairs-{split}.csv"]
+    )
     if path:
       gfla[split] = path
   if gfla:
     return "gfla", gfla
   raise manual_data.BuildError(
       f"deep_fashion: {root} holds neither train_pairs.txt/test_pairs.txt (PIDM/NTED layout) nor "
-      "fasion-pairs-{train,test}.csv (GFLA/PATN layout)")
+      "fasion-pairs-{train,test}.csv (GFLA/PATN layout)"
+  )
 
 
 def _read_pidm(root: str, split: str, pairs_file: str):
@@ -135,7 +141,9 @@ def _read_pidm(root: str, split: str, pairs_file: str):
       errors.add("missing images", os.path.join(root, name))
       continue
     image_paths[_with_png(name)] = path
-    rel = name.replace("img/", "pose/", 1) if name.startswith("img/") else os.path.join("pose", name)
+    rel = (
+        name.replace("img/", "pose/", 1) if name.startswith("img/") else os.path.join("pose", name)
+    )
     kp_path = os.path.join(root, os.path.splitext(rel)[0] + ".txt")
     if not os.path.isfile(kp_path):
       errors.add("missing keypoint files", kp_path)
@@ -153,8 +161,9 @@ def _read_pidm(root: str, split: str, pairs_file: str):
 def _read_gfla(root: str, split: str, pairs_file: str):
   """Checks and reads a split of the GFLA/PATN layout."""
   errors = manual_data.EntryErrors(f"deep_fashion {split} from {pairs_file}")
-  annotation = manual_data.first_existing(root, [f"fasion-annotation-{split}.csv",
-                                                 f"fasion-resize-annotation-{split}.csv"])
+  annotation = manual_data.first_existing(
+      root, [f"fasion-annotation-{split}.csv", f"fasion-resize-annotation-{split}.csv"]
+  )
   image_dir = manual_data.first_existing(root, [split, f"{split}_highres", f"{split}_256"])
   if annotation is None:
     errors.add("missing annotation files", os.path.join(root, f"fasion-annotation-{split}.csv"))

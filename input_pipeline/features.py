@@ -19,18 +19,20 @@ NUM_KEYPOINTS = 18
 
 
 def pair_features(height: int, width: int) -> "tfds.features.FeaturesDict":
-    """Returns the FeaturesDict of a pair record at the stored resolution ``height`` x ``width``."""
-    image = tfds.features.Image(shape=(height, width, 3), dtype=np.uint8, encoding_format="png")
-    keypoints = tfds.features.Tensor(shape=(NUM_KEYPOINTS, 2), dtype=np.float64)
-    return tfds.features.FeaturesDict({
-        "source_image": image,
-        "target_image": image,
-        "source_keypoints": keypoints,
-        "target_keypoints": keypoints,
-        "source_id": tfds.features.Text(),
-        "target_id": tfds.features.Text(),
-        "person_id": tfds.features.Text(),
-    })
+  """Returns the FeaturesDict of a pair record at the stored resolution ``height`` x ``width``."""
+  image = tfds.features.Image(shape=(height, width, 3), dtype=np.uint8, encoding_format="png")
+  keypoints = tfds.features.Tensor(shape=(NUM_KEYPOINTS, 2), dtype=np.float64)
+  return tfds.features.FeaturesDict(
+      {
+          "source_image": image,
+          "target_image": image,
+          "source_keypoints": keypoints,
+          "target_keypoints": keypoints,
+          "source_id": tfds.features.Text(),
+          "target_id": tfds.features.Text(),
+          "person_id": tfds.features.Text(),
+      }
+  )
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -71,8 +71,14 @@ class PersonFolder(tfds.core.GeneratorBasedBuilder):
     height, width = self.builder_config.height, self.builder_config.width
     pairs, image_paths, keypoints = _read_split(root, split, pairs_file)
     yield from manual_data.generate_pair_examples(
-        pairs, image_paths, keypoints, manual_data.stretch_from_image, height, width,
-        f"person_folder {split}")
+        pairs,
+        image_paths,
+        keypoints,
+        manual_data.stretch_from_image,
+        height,
+        width,
+        f"person_folder {split}",
+    )
 
 
 def find_pair_files(root: str) -> dict[str, str]:
@@ -81,8 +87,11 @@ def find_pair_files(root: str) -> dict[str, str]:
     raise manual_data.BuildError(f"person_folder: manual_dir {root} is not a directory")
   files = {}
   for split in SPLITS:
-    found = [p for p in (os.path.join(root, f"{split}_pairs{e}") for e in (".csv", ".txt"))
-             if os.path.isfile(p)]
+    found = [
+        p
+        for p in (os.path.join(root, f"{split}_pairs{e}") for e in (".csv", ".txt"))
+        if os.path.isfile(p)
+    ]
     if len(found) > 1:
       raise manual_data.BuildError(f"person_folder: both {found[0]} and {found[1]} exist; keep one")
     if found:
@@ -90,7 +99,8 @@ def find_pair_files(root: str) -> dict[str, str]:
   if not files:
     raise manual_data.BuildError(
         f"person_folder: {root} holds none of train_pairs.csv, train_pairs.txt, test_pairs.csv, "
-        "test_pairs.txt")
+        "test_pairs.txt"
+    )
   return files
 
 

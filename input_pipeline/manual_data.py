@@ -93,8 +93,10 @@ def read_pairs_txt(path: os.PathLike | str) -> list[tuple[str, str]]:
       if names == [""]:
         continue
       if len(names) < 2 or not all(names):
-        raise BuildError(f"{os.fspath(path)} line {number}: expected 'target,source_1[,...]', got "
-                         f"{line.strip()[:100]!r}")
+        raise BuildError(
+            f"{os.fspath(path)} line {number}: expected 'target,source_1[,...]', got "
+            f"{line.strip()[:100]!r}"
+        )
       pairs.extend((source, names[0]) for source in names[1:])
   return pairs
 
@@ -108,8 +110,10 @@ def read_pairs_csv(path: os.PathLike | str) -> list[tuple[str, str]]:
     reader = csv.DictReader(f)
     fields = [name.strip() for name in reader.fieldnames or []]
     if "from" not in fields or "to" not in fields:
-      raise BuildError(f"{os.fspath(path)}: expected a header with 'from' and 'to' columns, got "
-                       f"{reader.fieldnames}")
+      raise BuildError(
+          f"{os.fspath(path)}: expected a header with 'from' and 'to' columns, got "
+          f"{reader.fieldnames}"
+      )
     reader.fieldnames = fields
     pairs = []
     for row in reader:
@@ -129,7 +133,9 @@ def first_existing(directory: os.PathLike | str, candidates: Sequence[str]) -> s
   return None
 
 
-def load_image(path: os.PathLike | str, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
+def load_image(
+    path: os.PathLike | str, height: int, width: int
+) -> tuple[np.ndarray, tuple[int, int]]:
   """Reads an image file as RGB and stretches it to ``height`` x ``width`` with PIL bicubic.
 
   Returns (uint8 (height, width, 3) image, (original height, original width)). The official PIDM
@@ -144,8 +150,12 @@ def load_image(path: os.PathLike | str, height: int, width: int) -> tuple[np.nda
     return np.asarray(img, dtype=np.uint8), original
 
 
-def check_pairs(pairs: Iterable[Pair], known: Mapping[str, object] | set[str],
-                errors: EntryErrors, kind: str = "pairs naming an unknown image") -> list[Pair]:
+def check_pairs(
+    pairs: Iterable[Pair],
+    known: Mapping[str, object] | set[str],
+    errors: EntryErrors,
+    kind: str = "pairs naming an unknown image",
+) -> list[Pair]:
   """Records every pair naming an image not in ``known`` (as ``source -> target``) in ``errors``."""
   pairs = list(pairs)
   for pair in pairs:
@@ -225,13 +235,14 @@ def unique_names(pairs: Iterable[Pair]) -> list[str]:
 
 def stretch_from(frame: tuple[int, int]) -> KeypointConverter:
   """A converter for keypoints given in a fixed ``frame`` (h, w): x * W / w, y * H / h."""
+
   def convert(kp, original, size):
     del original
     return pose.scale_keypoints(kp, frame, size)
+
   return convert
 
 
 def stretch_from_image(kp, original, size):
   """A converter for keypoints given in the image file's own pixel frame."""
   return pose.scale_keypoints(kp, original, size)
-

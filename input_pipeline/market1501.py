@@ -36,10 +36,12 @@ class Market1501(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
-      manual_data.SizeConfig(name="res128x64", description="128x64, the images' own size",
-                             height=128, width=64),
-      manual_data.SizeConfig(name="res256x128", description="stretched to 256x128", height=256,
-                             width=128),
+      manual_data.SizeConfig(
+          name="res128x64", description="128x64, the images' own size", height=128, width=64
+      ),
+      manual_data.SizeConfig(
+          name="res256x128", description="stretched to 256x128", height=256, width=128
+      ),
   ]
   DEFAULT_CONFIG_NAME = "res128x64"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -65,7 +67,8 @@ class Market1501(tfds.core.GeneratorBasedBuilder):
     files = {s: p for s, p in files.items() if os.path.isfile(p)}
     if not files:
       raise manual_data.BuildError(
-          f"market1501: {root} holds no market-pairs-train.csv or market-pairs-test.csv")
+          f"market1501: {root} holds no market-pairs-train.csv or market-pairs-test.csv"
+      )
     logging.info("market1501: splits %s from %s", sorted(files), root)
     return {split: self._generate_examples(root, split, path) for split, path in files.items()}
 
@@ -73,8 +76,14 @@ class Market1501(tfds.core.GeneratorBasedBuilder):
     height, width = self.builder_config.height, self.builder_config.width
     pairs, image_paths, keypoints = _read_split(root, split, pairs_file)
     yield from manual_data.generate_pair_examples(
-        pairs, image_paths, keypoints, manual_data.stretch_from(KEYPOINT_FRAME), height, width,
-        f"market1501 {split}")
+        pairs,
+        image_paths,
+        keypoints,
+        manual_data.stretch_from(KEYPOINT_FRAME),
+        height,
+        width,
+        f"market1501 {split}",
+    )
 
 
 def _read_split(root: str, split: str, pairs_file: str):

@@ -89,19 +89,24 @@ class PairTransform:
   def _fit(self, image: np.ndarray, keypoints: np.ndarray, name: str):
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-      raise ValueError(f"record field {name}: expected a uint8 (H, W, 3) image, got "
-                       f"{image.dtype} {image.shape}")
+      raise ValueError(
+          f"record field {name}: expected a uint8 (H, W, 3) image, got "
+          f"{image.dtype} {image.shape}"
+      )
     keypoints = np.asarray(keypoints, np.float64)
     if keypoints.shape != (NUM_KEYPOINTS, 2):
-      raise ValueError(f"record keypoints of {name}: expected shape ({NUM_KEYPOINTS}, 2), got "
-                       f"{keypoints.shape}")
+      raise ValueError(
+          f"record keypoints of {name}: expected shape ({NUM_KEYPOINTS}, 2), got "
+          f"{keypoints.shape}"
+      )
     if image.shape[:2] != tuple(self.image_size):
       keypoints = pose.scale_keypoints(keypoints, image.shape[:2], self.image_size)
       image = pose.resize_image(image, self.image_size)
     return image, keypoints
 
-  def __call__(self, record: Mapping[str, Any], rng: np.random.Generator | None = None
-               ) -> dict[str, np.ndarray]:
+  def __call__(
+      self, record: Mapping[str, Any], rng: np.random.Generator | None = None
+  ) -> dict[str, np.ndarray]:
     h, w = self.image_size
     images, keypoints = {}, {}
     # Target first, then source, then the flip: the order the official loader draws them in.
@@ -142,10 +147,15 @@ class _EvalElement:
     if index < 0:
       h, w = self.transform.image_size
       out = {f"{s}_image": np.zeros((h, w, 3), np.uint8) for s in ("source", "target")}
-      out.update({f"{s}_pose": np.zeros((h, w, POSE_CHANNELS), np.uint8)
-                  for s in ("source", "target")})
-      out.update({f"{s}_keypoints": np.full((NUM_KEYPOINTS, 2), -1, np.float32)
-                  for s in ("source", "target")})
+      out.update(
+          {f"{s}_pose": np.zeros((h, w, POSE_CHANNELS), np.uint8) for s in ("source", "target")}
+      )
+      out.update(
+          {
+              f"{s}_keypoints": np.full((NUM_KEYPOINTS, 2), -1, np.float32)
+              for s in ("source", "target")
+          }
+      )
     else:
       out = self.transform(self.source[index])
     out["mask"] = np.bool_(index >= 0)
@@ -159,36 +169,54 @@ def _seeds(seed: int, process_index: int) -> tuple[int, int]:
   return int(a), int(b)
 
 
-def _iterate(ds: grain.MapDataset, local_batch: int, worker_count: int, prefetch: int,
-             read_threads: int) -> grain.IterDataset:
+def _iterate(
+    ds: grain.MapDataset, local_batch: int, worker_count: int, prefetch: int, read_threads: int
+) -> grain.IterDataset:
   # grain uses at most prefetch_buffer_size reader threads, so the buffer is never smaller.
-  read = grain.ReadOptions(num_threads=read_threads,
-                           prefetch_buffer_size=max(read_threads, max(1, prefetch) * local_batch))
+  read = grain.ReadOptions(
+      num_threads=read_threads,
+      prefetch_buffer_size=max(read_threads, max(1, prefetch) * local_batch),
+  )
   it = ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
   if worker_count > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                     per_worker_buffer_size=max(1, prefetch)))
+    it = it.mp_prefetch(
+        grain.MultiprocessingOptions(
+            num_workers=worker_count, per_worker_buffer_size=max(1, prefetch)
+        )
+    )
   return it
 
 
-def train_dataset(source, transform: PairTransform, local_batch: int, *, seed: int,
-                  process_index: int = 0, process_count: int = 1, worker_count: int = 0,
-                  prefetch: int = 2, read_threads: int = DEFAULT_READ_THREADS) -> grain.IterDataset:
+def train_dataset(
+    source,
+    transform: PairTransform,
+    local_batch: int,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    worker_count: int = 0,
+    prefetch: int = 2,
+    read_threads: int = DEFAULT_READ_THREADS,
+) -> grain.IterDataset:
   """This process's endless stream of augmented pair batches (NumPy dicts of ``local_batch``).
 
   ``source`` is any random-access sequence of pair records (``tfds.data_source`` split).
   """
   if len(source) < process_count:
-    raise ValueError(f"the training split has {len(source)} pairs, fewer than the "
-                     f"{process_count} processes reading it")
+    raise ValueError(
+        f"the training split has {len(source)} pairs, fewer than the "
+        f"{process_count} processes reading it"
+    )
   shuffle_seed, augment_seed = _seeds(seed, process_index)
   ds = grain.MapDataset.source(source)[process_index::process_count]
   ds = ds.shuffle(seed=shuffle_seed).repeat(None).random_map(transform, seed=augment_seed)
   return _iterate(ds, local_batch, worker_count, prefetch, read_threads)
 
 
-def eval_indices(num_examples: int, global_batch: int, process_index: int = 0,
-                 process_count: int = 1) -> np.ndarray:
+def eval_indices(
+    num_examples: int, global_batch: int, process_index: int = 0, process_count: int = 1
+) -> np.ndarray:
   """The record indices process ``process_index`` reads for evaluation, -1 for padding.
 
   Global batch i holds records i * global_batch + [0, global_batch), padded with -1 past the end;
@@ -196,14 +224,25 @@ def eval_indices(num_examples: int, global_batch: int, process_index: int = 0,
   """
   local = global_batch // process_count
   num_batches = math.ceil(num_examples / global_batch)
-  rows = (np.arange(num_batches)[:, None] * global_batch + process_index * local
-          + np.arange(local)[None, :]).reshape(-1)
+  rows = (
+      np.arange(num_batches)[:, None] * global_batch
+      + process_index * local
+      + np.arange(local)[None, :]
+  ).reshape(-1)
   return np.where(rows < num_examples, rows, -1)
 
 
-def eval_dataset(source, transform: PairTransform, global_batch: int, *, process_index: int = 0,
-                 process_count: int = 1, worker_count: int = 0, prefetch: int = 2,
-                 read_threads: int = DEFAULT_READ_THREADS) -> grain.IterDataset:
+def eval_dataset(
+    source,
+    transform: PairTransform,
+    global_batch: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    worker_count: int = 0,
+    prefetch: int = 2,
+    read_threads: int = DEFAULT_READ_THREADS,
+) -> grain.IterDataset:
   """This process's pass over an evaluation split: in order, unaugmented, padded, with a mask."""
   if len(source) == 0:
     raise ValueError("the evaluation split is empty")
@@ -214,21 +253,26 @@ def eval_dataset(source, transform: PairTransform, global_batch: int, *, process
 
 def _check_batch(global_batch: int, process_count: int, sharding, what: str) -> None:
   if global_batch <= 0 or global_batch % process_count:
-    raise ValueError(f"{what}: {global_batch} pairs per global batch cannot be split evenly over "
-                     f"{process_count} processes")
+    raise ValueError(
+        f"{what}: {global_batch} pairs per global batch cannot be split evenly over "
+        f"{process_count} processes"
+    )
   if sharding is not None:
     try:
       sharding.shard_shape((global_batch,))
     except ValueError as e:
-      raise ValueError(f"{what}: {global_batch} pairs per global batch cannot be split over the "
-                       f"batch sharding {sharding}: {e}") from None
+      raise ValueError(
+          f"{what}: {global_batch} pairs per global batch cannot be split over the "
+          f"batch sharding {sharding}: {e}"
+      ) from None
 
 
-def to_global(batch: Mapping[str, np.ndarray], sharding, global_batch: int
-              ) -> dict[str, jax.Array]:
+def to_global(batch: Mapping[str, np.ndarray], sharding, global_batch: int) -> dict[str, jax.Array]:
   """Turns this process's rows of a batch into global ``jax.Array``s laid out by ``sharding``."""
-  return {k: jax.make_array_from_process_local_data(sharding, v, (global_batch,) + v.shape[1:])
-          for k, v in batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, v, (global_batch,) + v.shape[1:])
+      for k, v in batch.items()
+  }
 
 
 def _globalise(it: grain.IterDataset, sharding, global_batch: int) -> grain.IterDataset:
@@ -268,7 +312,6 @@ class EvalData:
         r = self._id_source[int(i)]
         out.append(tuple(_text(r[f"{s}_id"]) for s in ("source", "target")))
     return out
-
 
   def person_ids(self, indices) -> list[str]:
     """The identity (``person_id``) of the records at ``indices`` (-1 skipped); where a record has
@@ -320,7 +363,8 @@ class NamedSource:
     return CorruptRecordError(
         f"record {index} of split {self.split!r} of data set {self.name!r} in {self.directory} "
         f"cannot be read ({type(error).__name__}: {text}); the data set's files are damaged: "
-        "rebuild it (python -m input_pipeline.build ...) or restore its files")
+        "rebuild it (python -m input_pipeline.build ...) or restore its files"
+    )
 
   def __getitem__(self, index):
     try:
@@ -361,13 +405,16 @@ def data_source(config, split: str, *, images: bool = True):
     raise FileNotFoundError(
         f"TFDS data set {name!r} is not built in data_dir {data_dir!r} ({builder.data_dir}); build "
         f"it with `python -m input_pipeline.build --dataset={name} --data_dir=... "
-        "[--manual_dir=...]`")
+        "[--manual_dir=...]`"
+    )
   base_splits = {part.split("[")[0].strip() for part in split.split("+")}
   if not base_splits <= set(builder.info.splits):
-    raise DataSetError(f"TFDS data set {name!r} has no split {split!r}; it has "
-                     f"{sorted(builder.info.splits)}")
-  return NamedSource(builder.as_data_source(split=split, decoders=decoders), name, split,
-                     str(builder.data_dir))
+    raise DataSetError(
+        f"TFDS data set {name!r} has no split {split!r}; it has " f"{sorted(builder.info.splits)}"
+    )
+  return NamedSource(
+      builder.as_data_source(split=split, decoders=decoders), name, split, str(builder.data_dir)
+  )
 
 
 def _transform(config, train: bool) -> PairTransform:
@@ -377,15 +424,27 @@ def _transform(config, train: bool) -> PairTransform:
     raise ValueError(f"config.data.image_size: expected (height, width), got {data.image_size}")
   if not train:
     return PairTransform(size)
-  return PairTransform(size, scale_aug=float(data.scale_aug), flip_prob=float(data.flip_prob),
-                       swap_left_right=bool(data.swap_left_right_on_flip))
+  return PairTransform(
+      size,
+      scale_aug=float(data.scale_aug),
+      flip_prob=float(data.flip_prob),
+      swap_left_right=bool(data.swap_left_right_on_flip),
+  )
 
 
-def create_datasets(config, batch_sharding=None, *, train_split: str | None = "train",
-                    eval_split: str | None = "test", eval_batch_size: int | None = None,
-                    seed: int | None = None, process_index: int | None = None,
-                    process_count: int | None = None, read_threads: int = DEFAULT_READ_THREADS,
-                    source_fn: Callable[[str], Any] | None = None):
+def create_datasets(
+    config,
+    batch_sharding=None,
+    *,
+    train_split: str | None = "train",
+    eval_split: str | None = "test",
+    eval_batch_size: int | None = None,
+    seed: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    read_threads: int = DEFAULT_READ_THREADS,
+    source_fn: Callable[[str], Any] | None = None,
+):
   """The training iterator and the evaluation data of ``config``.
 
   Args:
@@ -415,20 +474,39 @@ def create_datasets(config, batch_sharding=None, *, train_split: str | None = "t
   default_source = source_fn is None
   source_fn = source_fn or (lambda split: data_source(config, split))
   if config.train.batch_size % 2:
-    raise ValueError(f"config.train.batch_size={config.train.batch_size} must be even: it counts "
-                     "samples, two per pair (both directions)")
+    raise ValueError(
+        f"config.train.batch_size={config.train.batch_size} must be even: it counts "
+        "samples, two per pair (both directions)"
+    )
   train_pairs = config.train.batch_size // 2
 
   train_iterator = None
   if train_split is not None:
-    _check_batch(train_pairs, process_count, batch_sharding,
-                 f"config.train.batch_size={config.train.batch_size}")
+    _check_batch(
+        train_pairs,
+        process_count,
+        batch_sharding,
+        f"config.train.batch_size={config.train.batch_size}",
+    )
     source = source_fn(train_split)
-    logging.info("training on %s split %r: %d pairs, %d pairs per global batch",
-                 dataset_name(config), train_split, len(source), train_pairs)
-    ds = train_dataset(source, _transform(config, train=True), train_pairs // process_count,
-                       seed=seed, process_index=process_index, process_count=process_count,
-                       worker_count=worker_count, prefetch=prefetch, read_threads=read_threads)
+    logging.info(
+        "training on %s split %r: %d pairs, %d pairs per global batch",
+        dataset_name(config),
+        train_split,
+        len(source),
+        train_pairs,
+    )
+    ds = train_dataset(
+        source,
+        _transform(config, train=True),
+        train_pairs // process_count,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        worker_count=worker_count,
+        prefetch=prefetch,
+        read_threads=read_threads,
+    )
     train_iterator = iter(_globalise(ds, batch_sharding, train_pairs))
 
   eval_data = None
@@ -436,9 +514,16 @@ def create_datasets(config, batch_sharding=None, *, train_split: str | None = "t
     eval_pairs = train_pairs if eval_batch_size is None else int(eval_batch_size)
     _check_batch(eval_pairs, process_count, batch_sharding, f"eval batch size {eval_pairs}")
     source = source_fn(eval_split)
-    ds = eval_dataset(source, _transform(config, train=False), eval_pairs,
-                      process_index=process_index, process_count=process_count,
-                      worker_count=worker_count, prefetch=prefetch, read_threads=read_threads)
+    ds = eval_dataset(
+        source,
+        _transform(config, train=False),
+        eval_pairs,
+        process_index=process_index,
+        process_count=process_count,
+        worker_count=worker_count,
+        prefetch=prefetch,
+        read_threads=read_threads,
+    )
     id_source = data_source(config, eval_split, images=False) if default_source else None
     eval_data = EvalData(source, _globalise(ds, batch_sharding, eval_pairs), eval_pairs, id_source)
   return train_iterator, eval_data

@@ -64,14 +64,18 @@ def _item_handlers() -> dict:
   """A handler for every item a step may hold: with them Orbax can describe all of a step's items
   when only some are restored (without, each restore logs 'Item ... could not be restored')."""
   import grain  # pylint: disable=g-import-not-at-top
-  return {TRAIN_STATE: ocp.StandardCheckpointHandler(),
-          EMA_PARAMS: ocp.StandardCheckpointHandler(),
-          CONFIG: ocp.JsonCheckpointHandler(),
-          DATA_ITERATOR: grain.checkpoint.CheckpointHandler()}
+
+  return {
+      TRAIN_STATE: ocp.StandardCheckpointHandler(),
+      EMA_PARAMS: ocp.StandardCheckpointHandler(),
+      CONFIG: ocp.JsonCheckpointHandler(),
+      DATA_ITERATOR: grain.checkpoint.CheckpointHandler(),
+  }
 
 
-def create_manager(directory, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
-                   async_save: bool = True) -> ocp.CheckpointManager:
+def create_manager(
+    directory, *, max_to_keep: int | None = 3, save_interval_steps: int = 1, async_save: bool = True
+) -> ocp.CheckpointManager:
   """An Orbax CheckpointManager over ``directory`` (created if needed)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
@@ -85,10 +89,16 @@ def create_manager(directory, *, max_to_keep: int | None = 3, save_interval_step
 def save_params(directory, params: Any, config, step: int = 0) -> str:
   """Writes a parameters-only checkpoint (``ema_params`` + ``config``) and returns its path."""
   mngr = create_manager(directory, max_to_keep=None, async_save=False)
-  mngr.save(step, args=ocp.args.Composite(**{
-      EMA_PARAMS: ocp.args.StandardSave(pure_params(params)),
-      CONFIG: ocp.args.JsonSave(config_to_json(config)),
-  }), force=True)
+  mngr.save(
+      step,
+      args=ocp.args.Composite(
+          **{
+              EMA_PARAMS: ocp.args.StandardSave(pure_params(params)),
+              CONFIG: ocp.args.JsonSave(config_to_json(config)),
+          }
+      ),
+      force=True,
+  )
   mngr.wait_until_finished()
   mngr.close()
   write_config_json(directory, config)
@@ -129,20 +139,23 @@ def _structure_differences(directory, step, target) -> str | None:
     stored = getattr(stored, "tree", stored)
     if stored is None:
       return None
-    stored_flat = {_path_str(p): tuple(getattr(v, "shape", ()))
-                   for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+    stored_flat = {
+        _path_str(p): tuple(getattr(v, "shape", ()))
+        for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]
+    }
   except Exception:  # pylint: disable=broad-except  (any failure to read the metadata)
     return None
-  want = {_path_str(p): tuple(v.shape)
-          for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+  want = {_path_str(p): tuple(v.shape) for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
   missing = sorted(set(want) - set(stored_flat))
   extra = sorted(set(stored_flat) - set(want))
   shapes = sorted(k for k in set(want) & set(stored_flat) if want[k] != stored_flat[k])
   parts = []
   for name, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", shapes)):
     if keys:
-      detail = [f"{k} {stored_flat.get(k, '')}->{want.get(k, '')}" if name == "wrong shape"
-                else k for k in keys[:5]]
+      detail = [
+          f"{k} {stored_flat.get(k, '')}->{want.get(k, '')}" if name == "wrong shape" else k
+          for k in keys[:5]
+      ]
       parts.append(f"{len(keys)} {name} (e.g. {', '.join(detail)})")
   return "; ".join(parts)
 
@@ -180,7 +193,8 @@ def _quiet_failed_read_aftermath() -> None:
   def hook(unraisable):
     value, obj = unraisable.exc_value, unraisable.object
     if (isinstance(value, RuntimeError) and str(value) == "Event loop is closed") or (
-        getattr(obj, "__qualname__", "") == "_read_array_index_and_device_put"):
+        getattr(obj, "__qualname__", "") == "_read_array_index_and_device_put"
+    ):
       return
     previous(unraisable)
 
@@ -202,8 +216,9 @@ class UnreadableCheckpointError(ValueError):
   """No checkpoint step that was asked for (or, by default, none at all) can be read."""
 
 
-def restore_ema_params(directory, model_config, *, mesh=None, config=None,
-                       step: int | None = None, log=None) -> dict:
+def restore_ema_params(
+    directory, model_config, *, mesh=None, config=None, step: int | None = None, log=None
+) -> dict:
   """Restores the EMA parameters of ``step`` (default: newest readable) as a pure dict on ``mesh``.
 
   With ``step=None`` a newest step that cannot be read (a truncated or corrupt file, an
@@ -227,40 +242,58 @@ def restore_ema_params(directory, model_config, *, mesh=None, config=None,
     if step is not None and step not in mngr.all_steps():
       raise FileNotFoundError(
           f"{directory} has no checkpoint step {step} (steps: "
-          f"{', '.join(map(str, sorted(mngr.all_steps()))) or 'none'})")
+          f"{', '.join(map(str, sorted(mngr.all_steps()))) or 'none'})"
+      )
     target = model_params.ModelSpec.from_config(model_config).abstract_params(mesh, config)
     failed = []
     for candidate in steps:
       try:
-        restored = mngr.restore(candidate, args=ocp.args.Composite(**{
-            EMA_PARAMS: ocp.args.StandardRestore(target)}))
+        restored = mngr.restore(
+            candidate, args=ocp.args.Composite(**{EMA_PARAMS: ocp.args.StandardRestore(target)})
+        )
       except Exception as e:  # pylint: disable=broad-except  (tensorstore, Orbax errors)
         _quiet_failed_read_aftermath()
         differences = _structure_differences(directory, candidate, target)
         if differences:
           raise ValueError(
               f"checkpoint {directory} (step {candidate}) does not match the model config: "
-              f"{differences}") from e
+              f"{differences}"
+          ) from e
         failed.append((candidate, _one_line(e)))
         if candidate != steps[-1]:
-          log(f"checkpoint step {candidate} in {directory} cannot be read ({_one_line(e)}); "
-              "trying the next older step")
+          log(
+              f"checkpoint step {candidate} in {directory} cannot be read ({_one_line(e)}); "
+              "trying the next older step"
+          )
         continue
       if failed:
-        log(f"using checkpoint step {candidate} in {directory}: newer step(s) "
-            f"{', '.join(str(s) for s, _ in failed)} cannot be read")
+        log(
+            f"using checkpoint step {candidate} in {directory}: newer step(s) "
+            f"{', '.join(str(s) for s, _ in failed)} cannot be read"
+        )
       return restored[EMA_PARAMS]
     raise UnreadableCheckpointError(
         f"no checkpoint step in {directory} can be read ("
-        + "; ".join(f"step {s}: {error}" for s, error in failed) + ")")
+        + "; ".join(f"step {s}: {error}" for s, error in failed)
+        + ")"
+    )
   finally:
     mngr.close()
 
 
 # Model fields that do not change what a checkpoint's network computes, only how it runs or trains:
 # they may differ between the config a checkpoint was written with and the one that loads it.
-RUNTIME_MODEL_FIELDS = frozenset({"dtype", "param_dtype", "remat", "attention_implementation",
-                                  "dropout", "cond_drop_prob", "pose_drop_prob"})
+RUNTIME_MODEL_FIELDS = frozenset(
+    {
+        "dtype",
+        "param_dtype",
+        "remat",
+        "attention_implementation",
+        "dropout",
+        "cond_drop_prob",
+        "pose_drop_prob",
+    }
+)
 
 
 class ConfigMismatchError(ValueError):
@@ -303,19 +336,18 @@ def check_config(directory, config, sections=("model", "diffusion")) -> None:
     raise ConfigMismatchError(
         f"checkpoint {directory} was written with another {' or '.join(sections)} than the given "
         f"config ({len(lines)} field(s); drop the override or use the run's own config):\n  "
-        + "\n  ".join(lines))
+        + "\n  ".join(lines)
+    )
 
 
-def load_model(directory, config, *, mesh=None, step: int | None = None,
-               log=None) -> nnx.Module:
+def load_model(directory, config, *, mesh=None, step: int | None = None, log=None) -> nnx.Module:
   """A PIDM in eval mode holding the EMA parameters of a checkpoint, sharded on ``mesh``.
 
   Raises ConfigMismatchError (before anything is restored or compiled) when ``config``'s model or
   diffusion differs from the config stored with the checkpoint (see ``check_config``).
   """
   check_config(directory, config)
-  params = restore_ema_params(directory, config.model, mesh=mesh, config=config, step=step,
-                              log=log)
+  params = restore_ema_params(directory, config.model, mesh=mesh, config=config, step=step, log=log)
   return model_params.ModelSpec.from_config(config.model).merge(params)
 
 
@@ -325,7 +357,6 @@ def read_config_json(directory) -> dict | None:
   if path.exists():
     return json.loads(path.read_text())
   return None
-
 
 
 class TrainCheckpointer:
@@ -339,8 +370,9 @@ class TrainCheckpointer:
   def __init__(self, directory, config):
     self.directory = _abs(directory)
     self.config = config
-    self._mngr = create_manager(self.directory, max_to_keep=config.train.keep_checkpoints,
-                                async_save=True)
+    self._mngr = create_manager(
+        self.directory, max_to_keep=config.train.keep_checkpoints, async_save=True
+    )
     write_config_json(self.directory, config)
 
   def latest_step(self) -> int | None:
@@ -348,6 +380,7 @@ class TrainCheckpointer:
 
   def save(self, step: int, state, data_iterator=None, force: bool = False) -> None:
     import grain  # pylint: disable=g-import-not-at-top
+
     items = {
         TRAIN_STATE: ocp.args.StandardSave(_train_part(state)),
         EMA_PARAMS: ocp.args.StandardSave(state.ema_params),
@@ -360,6 +393,7 @@ class TrainCheckpointer:
   def restore(self, abstract_state, data_iterator=None, step: int | None = None):
     """The train state of ``step`` (default newest); restores ``data_iterator`` in place."""
     import grain  # pylint: disable=g-import-not-at-top
+
     step = self._mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory} holds no checkpoint")
@@ -373,9 +407,13 @@ class TrainCheckpointer:
       items[DATA_ITERATOR] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
     part = restored[TRAIN_STATE]
-    return abstract_state.replace(step=part["step"], params=part["params"],
-                                  opt_state=part["opt_state"], rng=part["rng"],
-                                  ema_params=restored[EMA_PARAMS])
+    return abstract_state.replace(
+        step=part["step"],
+        params=part["params"],
+        opt_state=part["opt_state"],
+        rng=part["rng"],
+        ema_params=restored[EMA_PARAMS],
+    )
 
   def restore_newest_readable(self, abstract_state, data_iterator=None, log=print):
     """The train state of the newest step that can be read, for resuming.
@@ -404,10 +442,12 @@ class TrainCheckpointer:
         self._mngr.reload()
       return state
     raise UnreadableCheckpointError(
-        f"no checkpoint in {self.directory} can be read (" + "; ".join(
-            f"step {step}: {error}" for step, error in failed) + "); nothing was moved. To start "
+        f"no checkpoint in {self.directory} can be read ("
+        + "; ".join(f"step {step}: {error}" for step, error in failed)
+        + "); nothing was moved. To start "
         "over, use another --workdir or move the checkpoints directory away; if the config "
-        "changed since they were written, resume with the run's own config (config.json)")
+        "changed since they were written, resume with the run's own config (config.json)"
+    )
 
   def _move_aside(self, step: int, log) -> None:
     if jax.process_index() != 0:
@@ -430,5 +470,9 @@ class TrainCheckpointer:
 
 
 def _train_part(state) -> dict:
-  return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-          "rng": state.rng}
+  return {
+      "step": state.step,
+      "params": state.params,
+      "opt_state": state.opt_state,
+      "rng": state.rng,
+  }

@@ -21,8 +21,13 @@ import sys
 import time
 
 # Environment variables that mean "this process is one of several" (jax.distributed reads them).
-MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-                     "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+MULTI_PROCESS_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "COORDINATOR_ADDRESS",
+    "TPU_WORKER_HOSTNAMES",
+    "SLURM_NTASKS",
+    "OMPI_COMM_WORLD_SIZE",
+)
 # Python loggers of the libraries whose INFO lines are not for the user.
 THIRD_PARTY_LOGGERS = ("absl", "orbax", "jax", "jax._src", "tensorflow_datasets", "grain", "etils")
 
@@ -30,6 +35,7 @@ THIRD_PARTY_LOGGERS = ("absl", "orbax", "jax", "jax._src", "tensorflow_datasets"
 def say(message: str) -> None:
   """Prints one line of the project's own output to stdout (process 0 of a multi-process run)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   if jax.process_index() == 0:
     print(message, flush=True)
 
@@ -37,6 +43,7 @@ def say(message: str) -> None:
 def verbosity_requested() -> bool:
   """Whether absl's ``--verbosity`` (``-v``) was given on the command line."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   try:
     return bool(flags.FLAGS["verbosity"].present)
   except (KeyError, flags.UnparsedFlagAccessError):
@@ -48,6 +55,7 @@ def quiet_third_party() -> None:
   if verbosity_requested():
     return
   from absl import logging  # pylint: disable=g-import-not-at-top
+
   logging.set_verbosity(logging.WARNING)
   for name in THIRD_PARTY_LOGGERS:
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
@@ -63,6 +71,7 @@ def initialize_distributed(force: bool = False) -> bool:
   if not (force or is_multi_process_environment()):
     return False
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.distributed.initialize()
   return True
 
@@ -86,6 +95,7 @@ def begin(argv, *, config=_NO_CONFIG, multihost: bool = False) -> None:
 def config_file(name: str) -> str:
   """The path of ``configs/<name>.py`` of the installed ``configs`` package."""
   import configs  # pylint: disable=g-import-not-at-top
+
   return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), f"{name}.py")
 
 
@@ -128,6 +138,7 @@ def parse_flags(argv, flag_values=None):
   """Parses ``argv`` into absl flags; a flag the user got wrong (unknown, e.g. ``--config.x``,
   or an invalid value) ends the program with one line ``error: ...`` and status 2."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   flag_values = flags.FLAGS if flag_values is None else flag_values
   try:
     return flag_values(argv)
@@ -148,6 +159,7 @@ def parse_own_flags(argv, define, usage: str):
   ``--helpfull`` print ``usage`` and the flags and exit 0; a wrong flag exits as ``parse_flags``.
   Returns the FlagValues."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   flag_values = flags.FlagValues()
   define(flag_values)
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -168,6 +180,7 @@ def parse_own_flags(argv, define, usage: str):
 def run(main, argv=None) -> None:
   """``absl.app.run(main)`` with ``parse_flags``: the entry of every command-line tool."""
   from absl import app  # pylint: disable=g-import-not-at-top
+
   app.run(main, argv=argv, flags_parser=parse_flags)
 
 
@@ -241,6 +254,7 @@ class TensorBoardWriter:
 
   def __init__(self, directory: str):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
     self._w = SummaryWriter(directory)
 
   def scalars(self, step: int, values: dict) -> None:

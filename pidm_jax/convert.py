@@ -34,19 +34,38 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pidm_jax.tensor_files import (CheckpointFormatError, Placeholder, TorchDtype,
-                                   UnsafePickleError, load_safetensors, load_torch_checkpoint,
-                                   save_safetensors)
+from pidm_jax.tensor_files import (
+    CheckpointFormatError,
+    Placeholder,
+    TorchDtype,
+    UnsafePickleError,
+    load_safetensors,
+    load_torch_checkpoint,
+    save_safetensors,
+)
 
 __all__ = [
     # reading and writing files (pidm_jax.tensor_files)
-    "CheckpointFormatError", "Placeholder", "TorchDtype", "UnsafePickleError", "load_safetensors",
-    "load_torch_checkpoint", "save_safetensors",
+    "CheckpointFormatError",
+    "Placeholder",
+    "TorchDtype",
+    "UnsafePickleError",
+    "load_safetensors",
+    "load_torch_checkpoint",
+    "save_safetensors",
     # the mapping
-    "OfficialTensor", "official_layout", "select_state_dict", "official_to_params",
-    "convert_official_state_dict", "export_official_state_dict",
+    "OfficialTensor",
+    "official_layout",
+    "select_state_dict",
+    "official_to_params",
+    "convert_official_state_dict",
+    "export_official_state_dict",
     # files and the command line
-    "save_torch_state_dict", "load_config", "define_flags", "main", "run",
+    "save_torch_state_dict",
+    "load_config",
+    "define_flags",
+    "main",
+    "run",
 ]
 
 
@@ -68,6 +87,7 @@ class OfficialTensor:
   says how the official code initialises them: "zeros" or "torch_default"
   (U(-1/sqrt(fan_in), 1/sqrt(fan_in)), ``fan_in`` given).
   """
+
   key: str
   shape: tuple[int, ...]
   live: bool
@@ -134,8 +154,15 @@ def _kv_bias_to_official(bk, bv):
 def _live(key, ours, ours_shapes, to_ours, to_official) -> OfficialTensor:
   stand_ins = [np.broadcast_to(np.float32(0), s) for s in ours_shapes]
   shape = tuple(to_official(*stand_ins).shape)
-  return OfficialTensor(key, shape, True, tuple(ours), tuple(tuple(s) for s in ours_shapes),
-                        to_ours=to_ours, to_official=to_official)
+  return OfficialTensor(
+      key,
+      shape,
+      True,
+      tuple(ours),
+      tuple(tuple(s) for s in ours_shapes),
+      to_ours=to_ours,
+      to_official=to_official,
+  )
 
 
 def _dead(key, shape, init, fan_in=None) -> OfficialTensor:
@@ -143,32 +170,47 @@ def _dead(key, shape, init, fan_in=None) -> OfficialTensor:
 
 
 def _conv(key, path, cin, cout, k):
-  return [_live(f"{key}.weight", [path + ("kernel",)], [(k, k, cin, cout)], _conv_to_ours,
-                _conv_to_official),
-          _live(f"{key}.bias", [path + ("bias",)], [(cout,)], _same, _same_back)]
+  return [
+      _live(
+          f"{key}.weight",
+          [path + ("kernel",)],
+          [(k, k, cin, cout)],
+          _conv_to_ours,
+          _conv_to_official,
+      ),
+      _live(f"{key}.bias", [path + ("bias",)], [(cout,)], _same, _same_back),
+  ]
 
 
 def _linear(key, path, din, dout):
-  return [_live(f"{key}.weight", [path + ("kernel",)], [(din, dout)], _linear_to_ours,
-                _linear_to_official),
-          _live(f"{key}.bias", [path + ("bias",)], [(dout,)], _same, _same_back)]
+  return [
+      _live(
+          f"{key}.weight", [path + ("kernel",)], [(din, dout)], _linear_to_ours, _linear_to_official
+      ),
+      _live(f"{key}.bias", [path + ("bias",)], [(dout,)], _same, _same_back),
+  ]
 
 
 def _conv1d(key, path, c):
-  return [_live(f"{key}.weight", [path + ("kernel",)], [(c, c)], _conv1d_to_ours,
-                _conv1d_to_official),
-          _live(f"{key}.bias", [path + ("bias",)], [(c,)], _same, _same_back)]
+  return [
+      _live(f"{key}.weight", [path + ("kernel",)], [(c, c)], _conv1d_to_ours, _conv1d_to_official),
+      _live(f"{key}.bias", [path + ("bias",)], [(c,)], _same, _same_back),
+  ]
 
 
 def _norm(key, path, c):  # GroupNorm32 wraps nnx.GroupNorm as ``.norm``
-  return [_live(f"{key}.weight", [path + ("norm", "scale")], [(c,)], _same, _same_back),
-          _live(f"{key}.bias", [path + ("norm", "bias")], [(c,)], _same, _same_back)]
+  return [
+      _live(f"{key}.weight", [path + ("norm", "scale")], [(c,)], _same, _same_back),
+      _live(f"{key}.bias", [path + ("norm", "bias")], [(c,)], _same, _same_back),
+  ]
 
 
 def _dead_linear(key, din, dout, conv1d=False):
   weight = (dout, din, 1) if conv1d else (dout, din)
-  return [_dead(f"{key}.weight", weight, "torch_default", din),
-          _dead(f"{key}.bias", (dout,), "torch_default", din)]
+  return [
+      _dead(f"{key}.weight", weight, "torch_default", din),
+      _dead(f"{key}.bias", (dout,), "torch_default", din),
+  ]
 
 
 def _res_block(key, path, cin, cout, emb_dim, film):
@@ -192,14 +234,26 @@ def _attention(key, path, c):
   out = _norm(f"{key}.norm", path + ("norm",), c)
   out += _dead_linear(f"{key}.qkv", c, 3 * c, conv1d=True)  # self-attention: commented out
   out += [
-      _live(f"{key}.to_kv.weight", [path + ("to_k", "kernel"), path + ("to_v", "kernel")],
-            [(c, c), (c, c)], _kv_weight_to_ours, _kv_weight_to_official),
-      _live(f"{key}.to_kv.bias", [path + ("to_k", "bias"), path + ("to_v", "bias")],
-            [(c,), (c,)], _kv_bias_to_ours, _kv_bias_to_official),
+      _live(
+          f"{key}.to_kv.weight",
+          [path + ("to_k", "kernel"), path + ("to_v", "kernel")],
+          [(c, c), (c, c)],
+          _kv_weight_to_ours,
+          _kv_weight_to_official,
+      ),
+      _live(
+          f"{key}.to_kv.bias",
+          [path + ("to_k", "bias"), path + ("to_v", "bias")],
+          [(c,), (c,)],
+          _kv_bias_to_ours,
+          _kv_bias_to_official,
+      ),
   ]
   out += _conv1d(f"{key}.to_q", path + ("to_q",), c)
-  out += [_dead(f"{key}.proj_out1.weight", (c, c, 1), "zeros"),
-          _dead(f"{key}.proj_out1.bias", (c,), "zeros")]
+  out += [
+      _dead(f"{key}.proj_out1.weight", (c, c, 1), "zeros"),
+      _dead(f"{key}.proj_out1.bias", (c,), "zeros"),
+  ]
   out += _conv1d(f"{key}.proj_out2", path + ("proj_out",), c)
   return out
 
@@ -207,6 +261,7 @@ def _attention(key, path, c):
 @dataclasses.dataclass(frozen=True)
 class _Structure:
   """What the key layout depends on: widths and which blocks carry attention / up-sampling."""
+
   time_dim: int  # width of the sinusoidal timestep embedding
   embed_dim: int
   denoiser_in: int  # image + pose channels
@@ -221,42 +276,60 @@ class _Structure:
 
 def _structure_from_config(cfg) -> _Structure:
   from pidm_jax.models import unet  # pylint: disable=g-import-not-at-top
+
   down_path_plan, up_path_plan = unet.down_path_plan, unet.up_path_plan
   down = down_path_plan(cfg)
   up = up_path_plan(cfg)
   return _Structure(
-      time_dim=int(cfg.base_width), embed_dim=int(cfg.embed_dim),
-      denoiser_in=int(cfg.in_channels + cfg.pose_channels), encoder_in=int(cfg.in_channels),
-      out_channels=int(cfg.out_channels), first_width=down[0].out_channels,
+      time_dim=int(cfg.base_width),
+      embed_dim=int(cfg.embed_dim),
+      denoiser_in=int(cfg.in_channels + cfg.pose_channels),
+      encoder_in=int(cfg.in_channels),
+      out_channels=int(cfg.out_channels),
+      first_width=down[0].out_channels,
       down=tuple((p.in_channels, p.out_channels, p.attention) for p in down[1:]),
       encoder_down=tuple((p.in_channels, p.out_channels) for p in down[1:]),
       middle=down[-1].out_channels,
-      up=tuple((p.in_channels + p.skip_channels, p.out_channels, p.attention, p.upsample)
-               for p in up))
+      up=tuple(
+          (p.in_channels + p.skip_channels, p.out_channels, p.attention, p.upsample) for p in up
+      ),
+  )
 
 
 def _structure_from_model(model) -> _Structure:
   d, e = model.denoiser, model.encoder
   return _Structure(
-      time_dim=d.time_embed.linear1.in_features, embed_dim=d.time_embed.linear2.out_features,
-      denoiser_in=d.input_conv.in_features, encoder_in=e.input_conv.in_features,
-      out_channels=d.out_conv.out_features, first_width=d.input_conv.out_features,
-      down=tuple((b.res.in_conv.in_features, b.res.in_conv.out_features, b.attn is not None)
-                 for b in d.input_blocks),
-      encoder_down=tuple((b.res.in_conv.in_features, b.res.in_conv.out_features)
-                         for b in e.blocks),
+      time_dim=d.time_embed.linear1.in_features,
+      embed_dim=d.time_embed.linear2.out_features,
+      denoiser_in=d.input_conv.in_features,
+      encoder_in=e.input_conv.in_features,
+      out_channels=d.out_conv.out_features,
+      first_width=d.input_conv.out_features,
+      down=tuple(
+          (b.res.in_conv.in_features, b.res.in_conv.out_features, b.attn is not None)
+          for b in d.input_blocks
+      ),
+      encoder_down=tuple((b.res.in_conv.in_features, b.res.in_conv.out_features) for b in e.blocks),
       middle=d.middle.res1.in_conv.in_features,
-      up=tuple((b.res.in_conv.in_features, b.res.in_conv.out_features, b.attn is not None,
-                b.up is not None) for b in d.output_blocks))
+      up=tuple(
+          (
+              b.res.in_conv.in_features,
+              b.res.in_conv.out_features,
+              b.attn is not None,
+              b.up is not None,
+          )
+          for b in d.output_blocks
+      ),
+  )
 
 
 def _layout(s: _Structure) -> list[OfficialTensor]:
   """Every official state_dict tensor, in the official order, with its pidm_jax counterpart."""
   den, enc = ("denoiser",), ("encoder",)
-  out = _linear("time_embed.time_embed.0", den + ("time_embed", "linear1"), s.time_dim,
-                s.embed_dim)
-  out += _linear("time_embed.time_embed.2", den + ("time_embed", "linear2"), s.embed_dim,
-                 s.embed_dim)
+  out = _linear("time_embed.time_embed.0", den + ("time_embed", "linear1"), s.time_dim, s.embed_dim)
+  out += _linear(
+      "time_embed.time_embed.2", den + ("time_embed", "linear2"), s.embed_dim, s.embed_dim
+  )
   out += _conv("input_blocks.0.0", den + ("input_conv",), s.denoiser_in, s.first_width, 3)
   for k, (cin, cout, attn) in enumerate(s.down, start=1):
     path = den + ("input_blocks", k - 1)
@@ -275,8 +348,7 @@ def _layout(s: _Structure) -> list[OfficialTensor]:
       out += _attention(f"output_blocks.{k}.{layer}", path + ("attn",), cout)
       layer += 1
     if up:
-      out += _res_block(f"output_blocks.{k}.{layer}", path + ("up",), cout, cout, s.embed_dim,
-                        True)
+      out += _res_block(f"output_blocks.{k}.{layer}", path + ("up",), cout, cout, s.embed_dim, True)
   last = s.up[-1][1] if s.up else s.middle
   out += _norm("out.0", den + ("out_norm",), last)
   out += _conv("out.2", den + ("out_conv",), last, s.out_channels, 3)
@@ -284,8 +356,9 @@ def _layout(s: _Structure) -> list[OfficialTensor]:
   out += _dead_linear("encoder.time_embed.2", s.embed_dim, s.embed_dim)
   out += _conv("encoder.input_blocks.0.0", enc + ("input_conv",), s.encoder_in, s.first_width, 3)
   for k, (cin, cout) in enumerate(s.encoder_down, start=1):
-    out += _res_block(f"encoder.input_blocks.{k}.0", enc + ("blocks", k - 1, "res"), cin, cout,
-                      s.embed_dim, False)
+    out += _res_block(
+        f"encoder.input_blocks.{k}.0", enc + ("blocks", k - 1, "res"), cin, cout, s.embed_dim, False
+    )
   return out
 
 
@@ -319,21 +392,24 @@ def select_state_dict(checkpoint, entry: str | None = None) -> dict[str, np.ndar
     if entry is not None:
       raise ValueError(
           f"this checkpoint is a bare state_dict ({len(checkpoint)} tensors), it has no "
-          f"{entry!r} entry: leave the entry unset")
+          f"{entry!r} entry: leave the entry unset"
+      )
     state_dict = checkpoint
   else:
     entry = entry or "ema"
     if entry not in checkpoint:
       raise ValueError(
           f"checkpoint has no {entry!r} entry; its entries are: "
-          f"{', '.join(map(repr, checkpoint))}")
+          f"{', '.join(map(repr, checkpoint))}"
+      )
     state_dict = checkpoint[entry]
     if not isinstance(state_dict, dict):
-      raise ValueError(f"checkpoint entry {entry!r} is a {type(state_dict).__name__}, "
-                       "not a state_dict")
+      raise ValueError(
+          f"checkpoint entry {entry!r} is a {type(state_dict).__name__}, " "not a state_dict"
+      )
   for prefix in _WRAPPER_PREFIXES:
     if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
-      state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+      state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
   return dict(state_dict)
 
 
@@ -352,15 +428,19 @@ def _check_state_dict(state_dict, layout: list[OfficialTensor]) -> None:
     elif tuple(value.shape) != live[key].shape:
       wrong_shape.append(f"{key}: {tuple(value.shape)}, expected {live[key].shape}")
   problems = []
-  for title, items in (("missing keys", missing), ("unknown keys", unknown),
-                       ("values that are not tensors", not_tensors),
-                       ("wrong shapes", wrong_shape)):
+  for title, items in (
+      ("missing keys", missing),
+      ("unknown keys", unknown),
+      ("values that are not tensors", not_tensors),
+      ("wrong shapes", wrong_shape),
+  ):
     if items:
       problems.append(f"{len(items)} {title}:\n  " + "\n  ".join(items))
   if problems:
     raise ValueError(
         "the state_dict does not match the official PIDM layout of this model config (is the "
-        "config the one the checkpoint was trained with?)\n" + "\n".join(problems))
+        "config the one the checkpoint was trained with?)\n" + "\n".join(problems)
+    )
 
 
 def official_to_params(state_dict, model_config) -> dict[Path, np.ndarray]:
@@ -398,6 +478,7 @@ def convert_official_state_dict(state_dict, model_config, *, seed: int = 0):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   from pidm_jax import model_params  # pylint: disable=g-import-not-at-top
+
   params = official_to_params(state_dict, model_config)
   spec = model_params.ModelSpec.from_config(model_config)
   shapes = traverse_util.flatten_dict(spec.param_state.to_pure_dict())
@@ -407,8 +488,9 @@ def convert_official_state_dict(state_dict, model_config, *, seed: int = 0):
   values = {}
   for path, target in shapes.items():
     if tuple(params[path].shape) != tuple(target.shape):
-      raise RuntimeError(f"convert layout shape {params[path].shape} != model shape "
-                         f"{target.shape} at {path}")
+      raise RuntimeError(
+          f"convert layout shape {params[path].shape} != model shape " f"{target.shape} at {path}"
+      )
     values[path] = jnp.asarray(np.asarray(params[path], dtype=np.float32), dtype=target.dtype)
   # train mode, as a new PIDM starts, with the dropout stream seeded from ``seed``
   return spec.merge(traverse_util.unflatten_dict(values), train=True, dropout_key=seed)
@@ -433,8 +515,8 @@ def export_official_state_dict(model, *, seed: int = 0) -> dict[str, np.ndarray]
   (``seed``, CRC-32 of the key), so the output is deterministic.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  flat = {path: var.get_value()
-          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+  flat = {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
   out = {}
   for t in _layout(_structure_from_model(model)):
     if t.live:
@@ -448,6 +530,7 @@ def export_official_state_dict(model, *, seed: int = 0) -> dict[str, np.ndarray]
 # =================================================================================================
 # 2. Files and the command line
 # =================================================================================================
+
 
 def save_torch_state_dict(path, state_dict: dict[str, np.ndarray], config=None) -> str:
   """Writes an official state_dict for the official PyTorch code; returns the path written.
@@ -463,6 +546,7 @@ def save_torch_state_dict(path, state_dict: dict[str, np.ndarray], config=None) 
   config_text = None
   if config is not None:
     from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
     config_text = json.dumps(checkpointing.config_to_json(config), sort_keys=True)
   if not path.endswith(".safetensors"):
     try:
@@ -486,6 +570,7 @@ def save_torch_state_dict(path, state_dict: dict[str, np.ndarray], config=None) 
 def load_config(path):
   """Runs a config file's ``get_config()`` (an ml_collections ConfigDict)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file not found: {path}")
@@ -509,21 +594,45 @@ def define_flags(fv) -> None:
   """The command's absl flags, on the FlagValues ``fv``."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("checkpoint", None, "official checkpoint (torch.save file, e.g. last.pt, or "
-                      ".safetensors); with --to_torch: a pidm_jax checkpoint directory (its EMA "
-                      "weights)", flag_values=fv, required=True)
-  flags.DEFINE_string("output", None, "output checkpoint directory; with --to_torch: output file "
-                      "(.pt, or .safetensors)", flag_values=fv, required=True)
-  flags.DEFINE_enum("entry", None, ["ema", "model"], "which weights of a training checkpoint to "
-                    "convert (default: ema)", flag_values=fv)
+
+  flags.DEFINE_string(
+      "checkpoint",
+      None,
+      "official checkpoint (torch.save file, e.g. last.pt, or "
+      ".safetensors); with --to_torch: a pidm_jax checkpoint directory (its EMA "
+      "weights)",
+      flag_values=fv,
+      required=True,
+  )
+  flags.DEFINE_string(
+      "output",
+      None,
+      "output checkpoint directory; with --to_torch: output file " "(.pt, or .safetensors)",
+      flag_values=fv,
+      required=True,
+  )
+  flags.DEFINE_enum(
+      "entry",
+      None,
+      ["ema", "model"],
+      "which weights of a training checkpoint to " "convert (default: ema)",
+      flag_values=fv,
+  )
   config_flags.DEFINE_config_file(
-      "config", None, "pidm_jax config file whose model section matches the checkpoint (default: "
+      "config",
+      None,
+      "pidm_jax config file whose model section matches the checkpoint (default: "
       "configs/default.py, the paper's model; with --to_torch: the config stored with the "
-      "checkpoint)", flag_values=fv, lock_config=True)
-  flags.DEFINE_bool("to_torch", False, "export pidm_jax weights as an official state_dict instead",
-                    flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "seed of the dropout stream (import) / of dead tensors (export)",
-                       flag_values=fv)
+      "checkpoint)",
+      flag_values=fv,
+      lock_config=True,
+  )
+  flags.DEFINE_bool(
+      "to_torch", False, "export pidm_jax weights as an official state_dict instead", flag_values=fv
+  )
+  flags.DEFINE_integer(
+      "seed", 0, "seed of the dropout stream (import) / of dead tensors (export)", flag_values=fv
+  )
 
 
 def main(argv=None) -> int:
@@ -535,24 +644,29 @@ def main(argv=None) -> int:
   """
   from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from pidm_jax import console  # pylint: disable=g-import-not-at-top
+
   args = console.parse_own_flags(argv, define_flags, _USAGE)
   config, config_name = args.config, "the given --config"
   try:
     if config is None and args.to_torch:
       from configs import stored  # pylint: disable=g-import-not-at-top
+
       config, config_name = stored.get_config(args.checkpoint), "the checkpoint's stored config"
     elif config is None:
       config_name = console.config_file("default")
       config = load_config(config_name)
     prediction = config.diffusion.prediction
     if prediction != "eps":
-      raise ValueError(f"the official PIDM predicts eps, but {config_name} sets "
-                       f"diffusion.prediction = {prediction!r}: its weights mean something else; "
-                       "convert with an eps config")
+      raise ValueError(
+          f"the official PIDM predicts eps, but {config_name} sets "
+          f"diffusion.prediction = {prediction!r}: its weights mean something else; "
+          "convert with an eps config"
+      )
     if args.to_torch:
       model = checkpointing.load_model(args.checkpoint, config)
-      written = save_torch_state_dict(args.output,
-                                      export_official_state_dict(model, seed=args.seed), config)
+      written = save_torch_state_dict(
+          args.output, export_official_state_dict(model, seed=args.seed), config
+      )
       note = "" if written == args.output else " (PyTorch is not installed: wrote safetensors)"
       print(f"wrote official state_dict to {written}{note}")
       return 0
@@ -563,8 +677,11 @@ def main(argv=None) -> int:
   except (FileNotFoundError, IsADirectoryError, ValueError, UnsafePickleError) as e:
     console.fail(e, keep_lines=isinstance(e, checkpointing.ConfigMismatchError))
   checkpointing.save_params(args.output, model, config)
-  source = "bare state_dict" if state_dict is checkpoint or len(state_dict) == len(checkpoint) \
+  source = (
+      "bare state_dict"
+      if state_dict is checkpoint or len(state_dict) == len(checkpoint)
       else f"entry {args.entry or 'ema'!r}"
+  )
   print(f"converted {len(state_dict)} tensors ({source}) of {args.checkpoint} into {args.output}")
   return 0
 

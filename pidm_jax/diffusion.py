@@ -31,8 +31,9 @@ SCHEDULES = ("linear", "cosine", "quad")
 PREDICTIONS = ("eps", "v", "x0")
 
 
-def eps_and_x0(prediction: str, pred: Array, x_t: Array, sqrt_ab,
-               sqrt_1m_ab) -> tuple[Array, Array]:
+def eps_and_x0(
+    prediction: str, pred: Array, x_t: Array, sqrt_ab, sqrt_1m_ab
+) -> tuple[Array, Array]:
   """(eps, x_0) implied by the network's prediction at a timestep with the given sqrt(alpha_bar)
   and sqrt(1 - alpha_bar) (arrays broadcasting against ``x_t``), each computed directly (no round
   trip through the other, which would lose precision where one coefficient is tiny)."""
@@ -45,8 +46,9 @@ def eps_and_x0(prediction: str, pred: Array, x_t: Array, sqrt_ab,
   raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
 
 
-def beta_schedule(name: str, num_timesteps: int, beta_start: float = 1e-4,
-                  beta_end: float = 2e-2) -> np.ndarray:
+def beta_schedule(
+    name: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 2e-2
+) -> np.ndarray:
   """Returns float64 betas of shape (num_timesteps,).
 
   linear: evenly spaced from beta_start to beta_end, scaled by 1000 / T as in IDDPM (identity at
@@ -59,19 +61,29 @@ def beta_schedule(name: str, num_timesteps: int, beta_start: float = 1e-4,
     scale = 1000.0 / num_timesteps
     return np.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=np.float64)
   if name == "quad":
-    return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64)**2
+    return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
   if name == "cosine":
+
     def alpha_bar(s):
-      return math.cos((s + 0.008) / 1.008 * math.pi / 2)**2
-    return np.array([
-        min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), 0.999)
-        for i in range(num_timesteps)
-    ], dtype=np.float64)
+      return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return np.array(
+        [
+            min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), 0.999)
+            for i in range(num_timesteps)
+        ],
+        dtype=np.float64,
+    )
   raise ValueError(f"unknown beta schedule {name!r}; expected one of {SCHEDULES}")
 
 
-def sample_timesteps(key: Array, shape, num_timesteps: int, high_noise_fraction: float = 0.0,
-                     high_noise_from: float = 0.8) -> Array:
+def sample_timesteps(
+    key: Array,
+    shape,
+    num_timesteps: int,
+    high_noise_fraction: float = 0.0,
+    high_noise_from: float = 0.8,
+) -> Array:
   """Training timesteps: uniform on [0, T) (official), or a mixture that trains high noise more.
 
   With ``high_noise_fraction`` = q > 0, each timestep is drawn with probability q uniformly from
@@ -99,8 +111,13 @@ def extract(table: np.ndarray, t: Array, ndim: int) -> Array:
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
   """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats."""
-  return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
-                + (mean1 - mean2)**2 * jnp.exp(-logvar2))
+  return 0.5 * (
+      -1.0
+      + logvar2
+      - logvar1
+      + jnp.exp(logvar1 - logvar2)
+      + (mean1 - mean2) ** 2 * jnp.exp(-logvar2)
+  )
 
 
 def approx_standard_normal_cdf(x):
@@ -118,8 +135,10 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
   log_one_minus_cdf_min = jnp.log(jnp.maximum(1.0 - cdf_min, 1e-12))
   cdf_delta = cdf_plus - cdf_min
   return jnp.where(
-      x < -0.999, log_cdf_plus,
-      jnp.where(x > 0.999, log_one_minus_cdf_min, jnp.log(jnp.maximum(cdf_delta, 1e-12))))
+      x < -0.999,
+      log_cdf_plus,
+      jnp.where(x > 0.999, log_one_minus_cdf_min, jnp.log(jnp.maximum(cdf_delta, 1e-12))),
+  )
 
 
 def _mean_flat(x):
@@ -136,7 +155,8 @@ class GaussianDiffusion:
   def __post_init__(self):
     if self.prediction not in PREDICTIONS:
       raise ValueError(
-          f"diffusion prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+          f"diffusion prediction must be one of {PREDICTIONS}, got {self.prediction!r}"
+      )
     betas = np.asarray(self.betas, np.float64)
     if betas.ndim != 1 or not np.all((betas > 0) & (betas <= 1)):
       raise ValueError("betas must be a 1-D array with values in (0, 1]")
@@ -157,7 +177,8 @@ class GaussianDiffusion:
         posterior_variance=post_var,
         # log of the posterior variance with the t = 0 entry replaced by the t = 1 entry
         posterior_log_variance_clipped=np.log(
-            np.append(post_var[1], post_var[1:]) if len(betas) > 1 else post_var),
+            np.append(post_var[1], post_var[1:]) if len(betas) > 1 else post_var
+        ),
         posterior_mean_coef1=betas * np.sqrt(ac_prev) / (1.0 - ac),
         posterior_mean_coef2=(1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
         log_betas=np.log(betas),
@@ -169,8 +190,10 @@ class GaussianDiffusion:
   def from_config(cls, cfg) -> "GaussianDiffusion":
     """Builds from ``config.diffusion`` (num_timesteps, beta_schedule, beta_start, beta_end,
     prediction)."""
-    return cls(beta_schedule(cfg.beta_schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end),
-               cfg.prediction)
+    return cls(
+        beta_schedule(cfg.beta_schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end),
+        cfg.prediction,
+    )
 
   @property
   def num_timesteps(self) -> int:
@@ -179,25 +202,36 @@ class GaussianDiffusion:
   # -- forward process --------------------------------------------------------------------------
   def q_sample(self, x_start: Array, t: Array, noise: Array) -> Array:
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise."""
-    return (extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
-            + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise)
+    return (
+        extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
+        + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise
+    )
 
   def q_posterior_mean_variance(self, x_start: Array, x_t: Array, t: Array):
     """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
     nd = x_t.ndim
-    mean = (extract(self.posterior_mean_coef1, t, nd) * x_start
-            + extract(self.posterior_mean_coef2, t, nd) * x_t)
-    return (mean, extract(self.posterior_variance, t, nd),
-            extract(self.posterior_log_variance_clipped, t, nd))
+    mean = (
+        extract(self.posterior_mean_coef1, t, nd) * x_start
+        + extract(self.posterior_mean_coef2, t, nd) * x_t
+    )
+    return (
+        mean,
+        extract(self.posterior_variance, t, nd),
+        extract(self.posterior_log_variance_clipped, t, nd),
+    )
 
   def predict_xstart_from_eps(self, x_t: Array, t: Array, eps: Array) -> Array:
     """x_0 = sqrt(1 / alpha_bar_t) x_t - sqrt(1 / alpha_bar_t - 1) eps."""
-    return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
-            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps)
+    return (
+        extract(self.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+        - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * eps
+    )
 
   def _coefs(self, t: Array, ndim: int):
-    return (extract(self.sqrt_alphas_cumprod, t, ndim),
-            extract(self.sqrt_one_minus_alphas_cumprod, t, ndim))
+    return (
+        extract(self.sqrt_alphas_cumprod, t, ndim),
+        extract(self.sqrt_one_minus_alphas_cumprod, t, ndim),
+    )
 
   def eps_and_xstart(self, pred: Array, x_t: Array, t: Array) -> tuple[Array, Array]:
     """(eps, x_0) implied by the network's image channels ``pred`` under ``self.prediction``
@@ -224,8 +258,9 @@ class GaussianDiffusion:
     frac = (v + 1.0) / 2.0
     return frac * max_log + (1.0 - frac) * min_log
 
-  def p_mean_variance(self, model_output: Array, x_t: Array, t: Array,
-                      clip_denoised: bool = True) -> dict:
+  def p_mean_variance(
+      self, model_output: Array, x_t: Array, t: Array, clip_denoised: bool = True
+  ) -> dict:
     """Mean and log-variance of p(x_{t-1} | x_t) from a 6-channel output (the prediction, then
     the variance channels), and x_0 and eps."""
     channels = x_t.shape[-1]
@@ -238,8 +273,9 @@ class GaussianDiffusion:
     return dict(mean=mean, log_variance=log_variance, pred_xstart=pred_xstart, eps=eps)
 
   # -- training loss ----------------------------------------------------------------------------
-  def training_losses(self, model_output: Array, x_start: Array, x_t: Array, t: Array,
-                      noise: Array) -> dict:
+  def training_losses(
+      self, model_output: Array, x_start: Array, x_t: Array, t: Array, noise: Array
+  ) -> dict:
     """The hybrid loss of PIDM, per sample.
 
     Returns a dict of (B,) float32 arrays: ``mse`` = mean (target - prediction)^2, the target
@@ -252,9 +288,10 @@ class GaussianDiffusion:
     if model_output.shape[-1] != 2 * channels:
       raise ValueError(
           f"the hybrid loss needs eps and variance channels (2 x {channels}), got output shape "
-          f"{model_output.shape}")
+          f"{model_output.shape}"
+      )
     pred, v = model_output[..., :channels], model_output[..., channels:]
-    mse = _mean_flat((self.prediction_target(x_start, noise, t) - pred)**2)
+    mse = _mean_flat((self.prediction_target(x_start, noise, t) - pred) ** 2)
     frozen = jnp.concatenate([jax.lax.stop_gradient(pred), v], axis=-1)
     out = self.p_mean_variance(frozen, x_t, t, clip_denoised=False)
     true_mean, _, true_log_var = self.q_posterior_mean_variance(x_start, x_t, t)

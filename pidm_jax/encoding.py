@@ -43,8 +43,10 @@ def _pose_formula(values: np.ndarray) -> np.ndarray:
 
 
 # The value of each uint8 code, for the lookup on the device.
-_TABLES = {"image": _image_formula(np.arange(256, dtype=np.uint8)),
-           "pose": _pose_formula(np.arange(256, dtype=np.uint8))}
+_TABLES = {
+    "image": _image_formula(np.arange(256, dtype=np.uint8)),
+    "pose": _pose_formula(np.arange(256, dtype=np.uint8)),
+}
 
 
 def _convert(x, formula, kind: str, what: str):
@@ -52,8 +54,10 @@ def _convert(x, formula, kind: str, what: str):
   if np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16":
     return x
   if dtype != np.uint8:
-    raise ValueError(f"{what}: expected uint8 values (or floating-point values already in the "
-                     f"model's range), got dtype {dtype}")
+    raise ValueError(
+        f"{what}: expected uint8 values (or floating-point values already in the "
+        f"model's range), got dtype {dtype}"
+    )
   if isinstance(x, (np.ndarray, np.generic)):
     return formula(x)
   return _device_lookup(kind)(x)
@@ -65,6 +69,7 @@ def _device_lookup(kind: str):
   lives, keeps its sharding (also across processes) and is inlined into an enclosing jit."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   table = _TABLES[kind]
   return jax.jit(lambda x: jnp.take(jnp.asarray(table), x, axis=0, mode="clip"))
 
@@ -149,12 +154,14 @@ def grid(rows) -> np.ndarray:
   height, width = tiles[0].shape[:2]
   for t in tiles:
     if t.shape != (height, width, 3) or t.dtype != np.uint8:
-      raise ValueError(f"grid: every tile must be uint8 of shape {(height, width, 3)}, got "
-                       f"{t.dtype} {t.shape}")
+      raise ValueError(
+          f"grid: every tile must be uint8 of shape {(height, width, 3)}, got "
+          f"{t.dtype} {t.shape}"
+      )
   cols = max(len(r) for r in rows)
   out = np.full((len(rows) * height, cols * width, 3), 255, np.uint8)
   for i, row in enumerate(rows):
     for j, tile in enumerate(row):
       if tile is not None:
-        out[i * height:(i + 1) * height, j * width:(j + 1) * width] = tile
+        out[i * height : (i + 1) * height, j * width : (j + 1) * width] = tile
   return out

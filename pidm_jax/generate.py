@@ -105,10 +105,21 @@ class Result:
   source_swap: dict | None = None  # the source-swap figures, with ``source_swap_pairs``
 
 
-def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str = "test",
-                   write_ground_truth: bool = False, ground_truth_dir: str | None = None,
-                   overwrite: bool = False, model=None, mesh=None, progress: bool = True,
-                   source_swap_pairs: int = 0, log=print) -> Result:
+def generate_split(
+    config,
+    checkpoint: str | None,
+    out_dir: str,
+    *,
+    split: str = "test",
+    write_ground_truth: bool = False,
+    ground_truth_dir: str | None = None,
+    overwrite: bool = False,
+    model=None,
+    mesh=None,
+    progress: bool = True,
+    source_swap_pairs: int = 0,
+    log=print,
+) -> Result:
   """Samples every pair of ``split`` and writes the PNGs (see the module docstring).
 
   Args:
@@ -149,8 +160,12 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
     mesh = sharding.create_mesh(config.mesh)
   batch_size = sharding.sampling_batch_size(config.sample.batch_size, mesh)
   _, eval_data = pipeline.create_datasets(
-      config, sharding.batch_sharding(mesh), train_split=None, eval_split=split,
-      eval_batch_size=batch_size)
+      config,
+      sharding.batch_sharding(mesh),
+      train_split=None,
+      eval_split=split,
+      eval_batch_size=batch_size,
+  )
   n = eval_data.num_examples
   ids = eval_data.ids(np.arange(n))
   names = [output_name(s, t) for s, t in ids]
@@ -161,11 +176,15 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
     if ids[first] != pair:
       clashes.add(f"{name} ({ids[first]} and {pair})")
   if clashes:
-    raise ValueError(f"split {split!r}: {len(clashes)} output name(s) would be shared by different "
-                     f"pairs: {', '.join(sorted(clashes)[:5])}")
+    raise ValueError(
+        f"split {split!r}: {len(clashes)} output name(s) would be shared by different "
+        f"pairs: {', '.join(sorted(clashes)[:5])}"
+    )
   if len(owner) < n:
-    log(f"split {split!r} lists {n - len(owner)} (source, target) pair(s) more than once; each is "
-        "written once")
+    log(
+        f"split {split!r} lists {n - len(owner)} (source, target) pair(s) more than once; each is "
+        "written once"
+    )
   truth_names = [ground_truth_name(t) for _, t in ids]
   if write_ground_truth and ground_truth_dir is None:
     ground_truth_dir = os.path.join(out_dir, "ground_truth")
@@ -184,26 +203,39 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
     if write_ground_truth:
       os.makedirs(ground_truth_dir, exist_ok=True)
     if not overwrite:
-      todo = np.array([not all(map(os.path.exists, batch_files(k)))
-                       for k in range(eval_data.num_batches)], bool)
+      todo = np.array(
+          [not all(map(os.path.exists, batch_files(k))) for k in range(eval_data.num_batches)], bool
+      )
   todo = multihost.from_process_zero(todo)
   if not todo.any() and not source_swap_pairs:
-    log(f"all {n} pairs of split {split!r} are already in {out_dir}; nothing to do "
-        "(--overwrite redoes them)")
-    return Result(out_dir, ground_truth_dir, n, eval_data.num_batches, batch_size, 0, 0,
-                  time.perf_counter() - start)
+    log(
+        f"all {n} pairs of split {split!r} are already in {out_dir}; nothing to do "
+        "(--overwrite redoes them)"
+    )
+    return Result(
+        out_dir,
+        ground_truth_dir,
+        n,
+        eval_data.num_batches,
+        batch_size,
+        0,
+        0,
+        time.perf_counter() - start,
+    )
 
   if model is None:
     if checkpoint is None:
       raise ValueError("no checkpoint given (--checkpoint)")
-    model = checkpointing.load_model(checkpoint, config, mesh=mesh,
-                                     log=lambda m: log(f"warning: {m}"))
+    model = checkpointing.load_model(
+        checkpoint, config, mesh=mesh, log=lambda m: log(f"warning: {m}")
+    )
   sampler = sampling.get_sampler(GaussianDiffusion.from_config(config.diffusion), options, mesh)
   key = jax.random.key(int(config.seed))
 
   bar = None
   if progress and primary:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
     bar = tqdm(total=int(todo.sum()), desc=f"generating {split}", unit="batch")
   written = sampled = 0
   truth_written = set()
@@ -212,8 +244,10 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
       break
     if not todo[k]:
       continue
-    inputs = dict(source=encoding.image_to_float(batch["source_image"]),  # uint8 -> float32,
-                  pose=encoding.pose_to_float(batch["target_pose"]))  # where the batch lives
+    inputs = dict(
+        source=encoding.image_to_float(batch["source_image"]),  # uint8 -> float32,
+        pose=encoding.pose_to_float(batch["target_pose"]),
+    )  # where the batch lives
     images = sampler(model, inputs, jax.random.fold_in(key, k))
     images = multihost.gather(jax.numpy.clip(images, -1.0, 1.0))
     keep = multihost.gather(batch["mask"]).astype(bool)
@@ -223,8 +257,9 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
     if primary:
       expected = np.arange(k * batch_size, min((k + 1) * batch_size, n))
       if not np.array_equal(index, expected):  # the pipeline's order is what the names rely on
-        raise RuntimeError(f"batch {k} holds records {index.tolist()}, expected "
-                           f"{expected.tolist()}")
+        raise RuntimeError(
+            f"batch {k} holds records {index.tolist()}, expected " f"{expected.tolist()}"
+        )
       for row, image in zip(index, encoding.image_to_uint8(images[keep], rounding="truncate")):
         if owner[names[row]] == row:
           Image.fromarray(image).save(os.path.join(out_dir, names[row]))
@@ -239,15 +274,34 @@ def generate_split(config, checkpoint: str | None, out_dir: str, *, split: str =
         bar.update(1)
   if bar is not None:
     bar.close()
-  log(f"wrote {written} of {n} pairs of split {split!r} to {out_dir} ({sampled} of "
+  log(
+      f"wrote {written} of {n} pairs of split {split!r} to {out_dir} ({sampled} of "
       f"{eval_data.num_batches} batches of {batch_size} sampled, {options.algorithm} "
-      f"{sampler.plan.num_steps} steps, {time.perf_counter() - start:.1f} s)")
+      f"{sampler.plan.num_steps} steps, {time.perf_counter() - start:.1f} s)"
+  )
   swap = None
   if source_swap_pairs:
-    swap = _source_swap(model, GaussianDiffusion.from_config(config.diffusion), options,
-                        eval_data, source_swap_pairs, key, out_dir if primary else None, log)
-  return Result(out_dir, ground_truth_dir, n, eval_data.num_batches, batch_size, sampled, written,
-                time.perf_counter() - start, swap)
+    swap = _source_swap(
+        model,
+        GaussianDiffusion.from_config(config.diffusion),
+        options,
+        eval_data,
+        source_swap_pairs,
+        key,
+        out_dir if primary else None,
+        log,
+    )
+  return Result(
+      out_dir,
+      ground_truth_dir,
+      n,
+      eval_data.num_batches,
+      batch_size,
+      sampled,
+      written,
+      time.perf_counter() - start,
+      swap,
+  )
 
 
 def _source_swap(model, diffusion, options, eval_data, num_pairs: int, key, out_dir, log) -> dict:
@@ -255,24 +309,29 @@ def _source_swap(model, diffusion, options, eval_data, num_pairs: int, key, out_
   import json  # pylint: disable=g-import-not-at-top
   from pidm_jax import sampling  # pylint: disable=g-import-not-at-top
   from pidm_jax.evaluation import source_swap as swap_lib  # pylint: disable=g-import-not-at-top
+
   pairs = swap_lib.first_pairs(eval_data, num_pairs)
   sampler = sampling.get_sampler(diffusion, options)  # a few pairs: one device, no padding
   swap_key = jax.random.fold_in(key, 2**30)  # not the key of any generated batch
 
   def sample(source, pose):
-    images = sampler(model, {"source": jax.numpy.asarray(source),
-                             "pose": jax.numpy.asarray(pose)}, swap_key)
+    images = sampler(
+        model, {"source": jax.numpy.asarray(source), "pose": jax.numpy.asarray(pose)}, swap_key
+    )
     return np.clip(np.asarray(jax.device_get(images)), -1.0, 1.0)
 
   result = swap_lib.evaluate(sample, pairs, pairs["person_id"])
   figures = {k: result[k] for k in swap_lib.METRIC_KEYS}
-  figures.update(num_pairs=len(pairs["person_id"]), partners=np.asarray(
-      result["partners"]).tolist())
-  log(f"source swap on {figures['num_pairs']} pairs: SSIM {figures['ssim']:.4f} with the own "
+  figures.update(
+      num_pairs=len(pairs["person_id"]), partners=np.asarray(result["partners"]).tolist()
+  )
+  log(
+      f"source swap on {figures['num_pairs']} pairs: SSIM {figures['ssim']:.4f} with the own "
       f"source, {figures['ssim_swapped_source']:.4f} with another person's "
       f"(copying the source: {figures['ssim_copy_source']:.4f}); body-region colour error "
       f"(CIELAB Delta E) {figures['body_colour_error']:.2f} vs "
-      f"{figures['body_colour_error_swapped_source']:.2f}")
+      f"{figures['body_colour_error_swapped_source']:.2f}"
+  )
   if out_dir is not None:
     with open(os.path.join(out_dir, "source_swap.json"), "w") as f:
       json.dump(figures, f, indent=2, sort_keys=True)
@@ -282,14 +341,22 @@ def _source_swap(model, diffusion, options, eval_data, num_pairs: int, key, out_
 def main(argv):
   """The ``python -m pidm_jax.generate`` entry point (flags below)."""
   from pidm_jax import console  # pylint: disable=g-import-not-at-top
+
   console.begin(argv, config=FLAGS.config, multihost=FLAGS.multihost)
   try:
-    generate_split(FLAGS.config, FLAGS.checkpoint, FLAGS.out, split=FLAGS.split,
-                   write_ground_truth=FLAGS.write_ground_truth,
-                   ground_truth_dir=FLAGS.ground_truth_dir, overwrite=FLAGS.overwrite,
-                   source_swap_pairs=FLAGS.source_swap_pairs)
+    generate_split(
+        FLAGS.config,
+        FLAGS.checkpoint,
+        FLAGS.out,
+        split=FLAGS.split,
+        write_ground_truth=FLAGS.write_ground_truth,
+        ground_truth_dir=FLAGS.ground_truth_dir,
+        overwrite=FLAGS.overwrite,
+        source_swap_pairs=FLAGS.source_swap_pairs,
+    )
   except (FileNotFoundError, ValueError) as e:  # bad data set, split, checkpoint or config
     from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
     console.fail(e, keep_lines=isinstance(e, checkpointing.ConfigMismatchError))
 
 
@@ -300,23 +367,35 @@ def run():
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file(
-      "config", None, "Config file (configs/<x>.py); default: the config stored with --checkpoint. "
+      "config",
+      None,
+      "Config file (configs/<x>.py); default: the config stored with --checkpoint. "
       "A config whose model or diffusion differs from the stored one is refused.",
-      lock_config=True)
+      lock_config=True,
+  )
   flags.DEFINE_string("checkpoint", None, "Checkpoint directory (EMA parameters).")
   flags.DEFINE_string("out", None, "Folder of the generated images.")
   flags.DEFINE_string("split", "test", "TFDS split to generate.")
   flags.DEFINE_bool("write_ground_truth", False, "Also write the target images for the evaluation.")
   flags.DEFINE_string("ground_truth_dir", None, "Where (default: <out>/ground_truth).")
   flags.DEFINE_bool("overwrite", False, "Redo batches whose files already exist.")
-  flags.DEFINE_integer("source_swap_pairs", 0, "Also run the source-swap evaluation on the first "
-                       "this many pairs (own vs another identity's source, same noise); writes "
-                       "<out>/source_swap.json.")
-  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (also done "
-                    "when the environment describes a multi-process run).")
+  flags.DEFINE_integer(
+      "source_swap_pairs",
+      0,
+      "Also run the source-swap evaluation on the first "
+      "this many pairs (own vs another identity's source, same noise); writes "
+      "<out>/source_swap.json.",
+  )
+  flags.DEFINE_bool(
+      "multihost",
+      False,
+      "Call jax.distributed.initialize() first (also done "
+      "when the environment describes a multi-process run).",
+  )
   FLAGS = flags.FLAGS
   flags.mark_flags_as_required(["checkpoint", "out"])
   from pidm_jax import console  # pylint: disable=g-import-not-at-top
+
   sys.argv = console.default_to_stored_config(sys.argv)  # --config defaults to the checkpoint's
   console.run(main)
 

@@ -53,6 +53,7 @@ class InputError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Placement:
   """How an original (h, w) image lands in the network's (H, W) frame: x' = x * sx + ox."""
+
   scale_x: float
   scale_y: float
   offset_x: float
@@ -68,8 +69,13 @@ def placement(original: tuple[int, int], size: tuple[int, int], mode: str) -> Pl
   if mode == "pad":
     scale = min(out_h / h, out_w / w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    return Placement(new_w / w, new_h / h, float((out_w - new_w) // 2),
-                     float((out_h - new_h) // 2), (new_h, new_w))
+    return Placement(
+        new_w / w,
+        new_h / h,
+        float((out_w - new_w) // 2),
+        float((out_h - new_h) // 2),
+        (new_h, new_w),
+    )
   raise InputError(f"resize mode {mode!r} is not one of {RESIZE_MODES}")
 
 
@@ -107,13 +113,17 @@ def to_rgb8(img: Image.Image, where: str = "image") -> Image.Image:
   if mode in _SIXTEEN_BIT_MODES:
     values = np.asarray(img).astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
-      raise InputError(f"{where}: a 32-bit integer image (values {values.min()}..{values.max()}) "
-                       "is not a 16-bit image; save it as 8- or 16-bit")
+      raise InputError(
+          f"{where}: a 32-bit integer image (values {values.min()}..{values.max()}) "
+          "is not a 16-bit image; save it as 8- or 16-bit"
+      )
     grey = np.round(values / 257.0).astype(np.uint8)
     return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
   if mode == "F":
-    raise InputError(f"{where}: floating-point images (mode F) have no defined range; save it as "
-                     "an 8- or 16-bit image")
+    raise InputError(
+        f"{where}: floating-point images (mode F) have no defined range; save it as "
+        "an 8- or 16-bit image"
+    )
   if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
     img = img.convert("RGBA")
     background = Image.new("RGBA", img.size, (PAD_VALUE,) * 3 + (255,))
@@ -136,8 +146,9 @@ def _place(img: Image.Image, size: tuple[int, int], mode: str, resample, fill) -
   return np.asarray(img)
 
 
-def load_image(path: str, size: tuple[int, int], mode: str = "stretch",
-               what: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
+def load_image(
+    path: str, size: tuple[int, int], mode: str = "stretch", what: str = "image"
+) -> tuple[np.ndarray, tuple[int, int]]:
   """Reads an image as uint8 RGB (H, W, 3) in the network frame; returns it and its original
   (h, w) after EXIF orientation."""
   img = _open_rgb(path, what)
@@ -159,6 +170,7 @@ def load_mask(path: str, size: tuple[int, int], mode: str = "stretch") -> np.nda
 @dataclasses.dataclass
 class PoseInput:
   """One target pose: keypoints (18, 2) in ``frame``, or a ready (H, W, 20) pose map."""
+
   name: str
   path: str
   keypoints: np.ndarray | None = None
@@ -170,8 +182,9 @@ def _safe_name(name: str) -> str:
   return name or "pose"
 
 
-def read_poses(path: str, size: tuple[int, int], person: int | None = None,
-               log=print) -> list[PoseInput]:
+def read_poses(
+    path: str, size: tuple[int, int], person: int | None = None, log=print
+) -> list[PoseInput]:
   """Reads one pose file (a .csv gives one pose per entry). Raises InputError naming the file.
 
   An OpenPose JSON with several people gives the ``person``-th (0-based), by default the most
@@ -186,8 +199,10 @@ def read_poses(path: str, size: tuple[int, int], person: int | None = None,
       entries = pose_lib.read_keypoints_csv(path, dtype=np.float64)
       if not entries:
         raise InputError(f"pose file {path}: expected at least one 'name:[y...]:[x...]' line")
-      return [PoseInput(_safe_name(os.path.splitext(n)[0]), path, keypoints=kp)
-              for n, kp in entries.items()]
+      return [
+          PoseInput(_safe_name(os.path.splitext(n)[0]), path, keypoints=kp)
+          for n, kp in entries.items()
+      ]
     if ext == ".npy":
       try:
         array = np.load(path, allow_pickle=False)
@@ -196,34 +211,48 @@ def read_poses(path: str, size: tuple[int, int], person: int | None = None,
       if array.ndim == 3:
         expected = (size[0], size[1], pose_lib.POSE_CHANNELS)
         if array.shape != expected:
-          raise InputError(f"pose file {path}: expected a pose map of shape {expected} "
-                           f"(H, W, 20) or (18, 2) keypoints, got shape {array.shape}")
+          raise InputError(
+              f"pose file {path}: expected a pose map of shape {expected} "
+              f"(H, W, 20) or (18, 2) keypoints, got shape {array.shape}"
+          )
         if array.dtype.kind not in "uif" or not np.all(np.isfinite(array)):
-          raise InputError(f"pose file {path}: expected a finite numeric pose map, got "
-                           f"dtype {array.dtype}")
+          raise InputError(
+              f"pose file {path}: expected a finite numeric pose map, got " f"dtype {array.dtype}"
+          )
         array = array.astype(np.float32)
         if array.min() < 0 or array.max() > 1:
-          raise InputError(f"pose file {path}: expected pose map values in [0, 1], got "
-                           f"[{array.min():.3g}, {array.max():.3g}]")
+          raise InputError(
+              f"pose file {path}: expected pose map values in [0, 1], got "
+              f"[{array.min():.3g}, {array.max():.3g}]"
+          )
         return [PoseInput(_safe_name(stem), path, pose_map=array)]
     if ext not in POSE_EXTENSIONS:
-      raise InputError(f"pose file {path}: unknown type {ext!r}; expected one of "
-                       f"{POSE_EXTENSIONS}")
+      raise InputError(
+          f"pose file {path}: unknown type {ext!r}; expected one of " f"{POSE_EXTENSIONS}"
+      )
     if ext == ".json":
       people = pose_lib.read_openpose_people(path, dtype=np.float64)
       if person is not None and not 0 <= person < len(people):
-        raise InputError(f"pose file {path}: --person={person}, but it holds {len(people)} "
-                         f"person(s) (0..{len(people) - 1})")
+        raise InputError(
+            f"pose file {path}: --person={person}, but it holds {len(people)} "
+            f"person(s) (0..{len(people) - 1})"
+        )
       chosen = pose_lib.choose_person(people) if person is None else person
       if len(people) > 1:
         joints = [int(np.sum(np.all(kp != pose_lib.MISSING, axis=-1))) for kp in people]
-        why = ("chosen with --person" if person is not None else
-               "the most complete skeleton, the larger on a tie; --person=N picks another")
-        log(f"pose file {path}: {len(people)} people (joints found: "
-            f"{', '.join(map(str, joints))}); using person {chosen} ({why})")
+        why = (
+            "chosen with --person"
+            if person is not None
+            else "the most complete skeleton, the larger on a tie; --person=N picks another"
+        )
+        log(
+            f"pose file {path}: {len(people)} people (joints found: "
+            f"{', '.join(map(str, joints))}); using person {chosen} ({why})"
+        )
       return [PoseInput(_safe_name(stem), path, keypoints=people[chosen])]
-    return [PoseInput(_safe_name(stem), path,
-                      keypoints=pose_lib.read_keypoints(path, dtype=np.float64))]
+    return [
+        PoseInput(_safe_name(stem), path, keypoints=pose_lib.read_keypoints(path, dtype=np.float64))
+    ]
   except InputError:
     raise
   except (ValueError, OSError, UnicodeDecodeError) as e:
@@ -231,16 +260,18 @@ def read_poses(path: str, size: tuple[int, int], person: int | None = None,
     raise InputError(message.replace("\n", " ")) from None
 
 
-def render_pose(pose: PoseInput, size: tuple[int, int], frame: str,
-                source_place: Placement | None) -> np.ndarray:
+def render_pose(
+    pose: PoseInput, size: tuple[int, int], frame: str, source_place: Placement | None
+) -> np.ndarray:
   """The (H, W, 20) float32 pose map of ``pose`` in the network frame."""
   if pose.pose_map is not None:
     return pose.pose_map
   return pose_lib.pose_map(_network_keypoints(pose, size, frame, source_place), size[0], size[1])
 
 
-def _network_keypoints(pose: PoseInput, size: tuple[int, int], frame: str,
-                       source_place: Placement | None) -> np.ndarray:
+def _network_keypoints(
+    pose: PoseInput, size: tuple[int, int], frame: str, source_place: Placement | None
+) -> np.ndarray:
   """``pose``'s keypoints moved from ``frame`` into the network's pixels (missing stay -1)."""
   kp = np.asarray(pose.keypoints, np.float64)
   if frame == "deepfashion":
@@ -248,7 +279,8 @@ def _network_keypoints(pose: PoseInput, size: tuple[int, int], frame: str,
   if frame == "source":
     missing = np.any(kp == pose_lib.MISSING, axis=-1)
     kp = kp * np.array([source_place.scale_x, source_place.scale_y]) + np.array(
-        [source_place.offset_x, source_place.offset_y])
+        [source_place.offset_x, source_place.offset_y]
+    )
     kp[missing] = pose_lib.MISSING
     return kp
   if frame != "network":
@@ -256,8 +288,9 @@ def _network_keypoints(pose: PoseInput, size: tuple[int, int], frame: str,
   return kp
 
 
-def off_image_joints(pose: PoseInput, size: tuple[int, int], frame: str,
-                     source_place: Placement | None) -> str | None:
+def off_image_joints(
+    pose: PoseInput, size: tuple[int, int], frame: str, source_place: Placement | None
+) -> str | None:
   """A warning naming the joints of ``pose`` that fall outside the network's image (other than
   the missing mark -1), in ``frame`` as ``render_pose`` places them; None when all are inside.
   Such joints are drawn as the official renderer (OpenCV) draws them, clipped at the border,
@@ -268,14 +301,19 @@ def off_image_joints(pose: PoseInput, size: tuple[int, int], frame: str,
   missing = np.any(kp == pose_lib.MISSING, axis=-1)
   placed = _network_keypoints(pose, size, frame, source_place)
   h, w = size
-  outside = ~missing & ((placed[:, 0] < 0) | (placed[:, 0] > w - 1) | (placed[:, 1] < 0)
-                        | (placed[:, 1] > h - 1))
+  outside = ~missing & (
+      (placed[:, 0] < 0) | (placed[:, 0] > w - 1) | (placed[:, 1] < 0) | (placed[:, 1] > h - 1)
+  )
   if not outside.any():
     return None
-  names = [f"{pose_lib.JOINT_NAMES[j]} ({kp[j, 0]:g}, {kp[j, 1]:g})" for j in np.flatnonzero(outside)]
-  return (f"pose {pose.name} ({pose.path}): {len(names)} joint(s) outside the {w}x{h} image in "
-          f"the {frame} frame: {', '.join(names)}; they are drawn clipped at the border (or not "
-          "at all); mark undetected joints with -1")
+  names = [
+      f"{pose_lib.JOINT_NAMES[j]} ({kp[j, 0]:g}, {kp[j, 1]:g})" for j in np.flatnonzero(outside)
+  ]
+  return (
+      f"pose {pose.name} ({pose.path}): {len(names)} joint(s) outside the {w}x{h} image in "
+      f"the {frame} frame: {', '.join(names)}; they are drawn clipped at the border (or not "
+      "at all); mark undetected joints with -1"
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,6 +331,7 @@ class SourceInput:
 @dataclasses.dataclass
 class Result:
   """What :func:`generate` wrote and how long it took."""
+
   paths: list[str]
   grid_path: str | None
   compile_seconds: float
@@ -307,8 +346,11 @@ def expand_pose_paths(poses: Sequence[str], pose_dir: str | None) -> list[str]:
   if pose_dir:
     if not os.path.isdir(pose_dir):
       raise InputError(f"pose directory {pose_dir}: not a directory")
-    found = sorted(os.path.join(pose_dir, f) for f in os.listdir(pose_dir)
-                   if os.path.splitext(f)[1].lower() in POSE_EXTENSIONS)
+    found = sorted(
+        os.path.join(pose_dir, f)
+        for f in os.listdir(pose_dir)
+        if os.path.splitext(f)[1].lower() in POSE_EXTENSIONS
+    )
     if not found:
       raise InputError(f"pose directory {pose_dir}: no pose files ({', '.join(POSE_EXTENSIONS)})")
     paths += found
@@ -321,8 +363,10 @@ def make_jobs(num_sources: int, num_poses: int, pairing: str) -> list[tuple[int,
     return [(s, p) for s in range(num_sources) for p in range(num_poses)]
   if pairing == "paired":
     if num_sources != num_poses:
-      raise InputError(f"--pairing=paired needs as many sources as poses, got {num_sources} "
-                       f"sources and {num_poses} poses")
+      raise InputError(
+          f"--pairing=paired needs as many sources as poses, got {num_sources} "
+          f"sources and {num_poses} poses"
+      )
     return [(i, i) for i in range(num_sources)]
   raise InputError(f"pairing {pairing!r} is not one of {PAIRINGS}")
 
@@ -361,11 +405,26 @@ def check_config(config) -> tuple[int, int]:
   return size
 
 
-def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequence[str],
-             out_dir: str, *, pose_dir: str | None = None, seed: int = 0, pairing: str = "all",
-             reference: str | None = None, mask: str | None = None, resize: str = "stretch",
-             pose_frame: str = "source", person: int | None = None, model=None, mesh=None,
-             progress: bool = True, log=print) -> Result:
+def generate(
+    config,
+    checkpoint: str | None,
+    sources: Sequence[str],
+    poses: Sequence[str],
+    out_dir: str,
+    *,
+    pose_dir: str | None = None,
+    seed: int = 0,
+    pairing: str = "all",
+    reference: str | None = None,
+    mask: str | None = None,
+    resize: str = "stretch",
+    pose_frame: str = "source",
+    person: int | None = None,
+    model=None,
+    mesh=None,
+    progress: bool = True,
+    log=print,
+) -> Result:
   """Samples every (source, pose) job and writes the PNGs and ``grid.png`` into ``out_dir``.
 
   Every input (files, sizes, the checkpoint against ``config``) is checked before compilation;
@@ -426,8 +485,9 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
     key = (p, s if pose_frame == "source" else -1)
     if key not in maps:
       src = source_inputs[s]
-      maps[key] = render_pose(pose_inputs[p], size, pose_frame,
-                              placement(src.original, size, resize))
+      maps[key] = render_pose(
+          pose_inputs[p], size, pose_frame, placement(src.original, size, resize)
+      )
     return maps[key]
 
   warnings = []
@@ -435,8 +495,9 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
     if (p, s if pose_frame == "source" else -1) in maps:
       continue
     pose_for(s, p)
-    message = off_image_joints(pose_inputs[p], size, pose_frame,
-                               placement(source_inputs[s].original, size, resize))
+    message = off_image_joints(
+        pose_inputs[p], size, pose_frame, placement(source_inputs[s].original, size, resize)
+    )
     if message and message not in warnings:
       warnings.append(message)
       log(f"warning: {message}")
@@ -447,26 +508,32 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
     if checkpoint is None:
       raise InputError("no checkpoint given (--checkpoint)")
     try:
-      model = checkpointing.load_model(checkpoint, config, mesh=mesh,
-                                       log=lambda m: log(f"warning: {m}"))
+      model = checkpointing.load_model(
+          checkpoint, config, mesh=mesh, log=lambda m: log(f"warning: {m}")
+      )
     except (FileNotFoundError, ValueError) as e:
       # one line, except a config mismatch: one line per differing field
-      message = (str(e) if isinstance(e, checkpointing.ConfigMismatchError)
-                 else " ".join(str(e).split()))
+      message = (
+          str(e) if isinstance(e, checkpointing.ConfigMismatchError) else " ".join(str(e).split())
+      )
       if os.fspath(checkpoint) not in message:
         message = f"checkpoint {checkpoint}: {message}"
       raise InputError(message) from None
 
   # -- batches ------------------------------------------------------------------------------
   batch_size = sharding.sampling_batch_size(config.sample.batch_size, mesh, len(jobs))
-  batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
+  batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
 
   def make_batch(chunk):
     chunk = list(chunk) + [chunk[-1]] * (batch_size - len(chunk))  # pad the last batch
-    batch = dict(source=np.stack([encoding.image_to_float(source_inputs[s].image) for s, _ in chunk]),
-                 pose=np.stack([pose_for(s, p) for s, p in chunk]))
+    batch = dict(
+        source=np.stack([encoding.image_to_float(source_inputs[s].image) for s, _ in chunk]),
+        pose=np.stack([pose_for(s, p) for s, p in chunk]),
+    )
     if ref_image is not None:
-      batch["reference"] = np.broadcast_to(encoding.image_to_float(ref_image), batch["source"].shape)
+      batch["reference"] = np.broadcast_to(
+          encoding.image_to_float(ref_image), batch["source"].shape
+      )
       batch["mask"] = np.broadcast_to(ref_mask, (batch_size,) + ref_mask.shape)
     return batch
 
@@ -484,12 +551,13 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
   iterator = batches
   if progress and primary:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
     iterator = tqdm(batches, desc="sampling", unit="batch")
   start = time.perf_counter()
   first_seconds = 0.0
   for k, chunk in enumerate(iterator):
     images = multihost.gather(run(model, make_batch(chunk), jax.random.fold_in(key, k)))
-    results.extend(encoding.image_to_uint8(images[:len(chunk)]))
+    results.extend(encoding.image_to_uint8(images[: len(chunk)]))
     if k == 0:
       first_seconds = time.perf_counter() - start
   sample_seconds = time.perf_counter() - start
@@ -501,18 +569,27 @@ def generate(config, checkpoint: str | None, sources: Sequence[str], poses: Sequ
       paths.append(os.path.join(out_dir, name))
       _save_png(paths[-1], image)
     grid_path = os.path.join(out_dir, "grid.png")
-    _save_png(grid_path, _make_grid(jobs, results, source_inputs, pose_for, pairing,
-                                    len(pose_inputs), ref_image, ref_mask))
+    _save_png(
+        grid_path,
+        _make_grid(
+            jobs, results, source_inputs, pose_for, pairing, len(pose_inputs), ref_image, ref_mask
+        ),
+    )
   # What each figure measures: the ahead-of-time compile of the very program that samples (no
   # compilation happens after it), the first batch's run (it also pays one-off costs such as
   # allocating buffers), then the other batches.
-  rest = (f"; the other {len(batches) - 1} batch(es) in {sample_seconds - first_seconds:.1f} s "
-          f"({(sample_seconds - first_seconds) / (len(batches) - 1):.2f} s per batch)"
-          if len(batches) > 1 else "")
-  log(f"sampled {len(jobs)} images in {len(batches)} batch(es) of {batch_size} "
+  rest = (
+      f"; the other {len(batches) - 1} batch(es) in {sample_seconds - first_seconds:.1f} s "
+      f"({(sample_seconds - first_seconds) / (len(batches) - 1):.2f} s per batch)"
+      if len(batches) > 1
+      else ""
+  )
+  log(
+      f"sampled {len(jobs)} images in {len(batches)} batch(es) of {batch_size} "
       f"({options.algorithm}, {sampler.plan.num_steps} steps): compiling the sampler took "
       f"{compile_seconds:.1f} s, running the first batch {first_seconds:.1f} s{rest}; "
-      f"{sample_seconds / max(len(jobs), 1):.2f} s per image in all")
+      f"{sample_seconds / max(len(jobs), 1):.2f} s per image in all"
+  )
   return Result(paths, grid_path, compile_seconds, sample_seconds, len(batches), batch_size)
 
 
@@ -524,12 +601,13 @@ def _make_grid(jobs, results, sources, pose_for, pairing, num_poses, ref_image, 
   if ref_image is not None:
     extra = [ref_image, encoding.mask_to_uint8(ref_mask)]
   if pairing == "paired":
-    rows = [[skeleton(s, p), sources[s].image] + extra + [img]
-            for (s, p), img in zip(jobs, results)]
+    rows = [
+        [skeleton(s, p), sources[s].image] + extra + [img] for (s, p), img in zip(jobs, results)
+    ]
   else:  # header of skeletons (drawn for the first source), then source | results per source
     rows = [[None] + [skeleton(0, p) for p in range(num_poses)]]
     for s, src in enumerate(sources):
-      rows.append([src.image] + results[s * num_poses:(s + 1) * num_poses])
+      rows.append([src.image] + results[s * num_poses : (s + 1) * num_poses])
     if extra:
       rows.append(extra)
   return encoding.grid(rows)

@@ -73,12 +73,15 @@ class ModelSpec:
       local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       shardings = jax.tree.map(lambda _: local, shapes)
     elif config is None:
-      raise ValueError("abstract_params: parameter shardings on a mesh need the run's config "
-                       "(config.sharding)")
+      raise ValueError(
+          "abstract_params: parameter shardings on a mesh need the run's config "
+          "(config.sharding)"
+      )
     else:
       shardings = self.shardings(mesh, config)
-    return jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
-                        shapes, shardings)
+    return jax.tree.map(
+        lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), shapes, shardings
+    )
 
   def merge(self, params, *, train: bool = False, dropout_key=None) -> PIDM:
     """A PIDM holding ``params`` (a pure dict, e.g. a train state's EMA parameters); eval mode, or

@@ -82,13 +82,16 @@ def preemption_service_active() -> bool:
   """Whether JAX's distributed runtime with its preemption sync manager is running here."""
   # JAX keeps this state in a private module (no public accessor as of jax 0.10/0.11).
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
   state = distributed.global_state
   if getattr(state, "client", None) is None:
     return False
   if getattr(state, "preemption_sync_manager", None) is None:
-    logging.warning("jax.distributed runs without its preemption service "
-                    "(jax_enable_preemption_service is off): SIGTERM is read by this program "
-                    "and shared between processes at logging steps only")
+    logging.warning(
+        "jax.distributed runs without its preemption service "
+        "(jax_enable_preemption_service is off): SIGTERM is read by this program "
+        "and shared between processes at logging steps only"
+    )
     return False
   return True
 

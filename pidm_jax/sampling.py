@@ -103,12 +103,15 @@ class SamplerOptions:
 
   def __post_init__(self):
     if self.spacing is None:
-      object.__setattr__(self, "spacing",
-                         "trailing" if self.algorithm == "dpm_solver" else "official")
-    for name, value, allowed in (("algorithm", self.algorithm, ALGORITHMS),
-                                 ("spacing", self.spacing, SPACINGS),
-                                 ("guidance", self.guidance, GUIDANCES),
-                                 ("appearance", self.appearance, APPEARANCE_RULES)):
+      object.__setattr__(
+          self, "spacing", "trailing" if self.algorithm == "dpm_solver" else "official"
+      )
+    for name, value, allowed in (
+        ("algorithm", self.algorithm, ALGORITHMS),
+        ("spacing", self.spacing, SPACINGS),
+        ("guidance", self.guidance, GUIDANCES),
+        ("appearance", self.appearance, APPEARANCE_RULES),
+    ):
       if value not in allowed:
         raise ValueError(f"sampler {name} {value!r} is not one of {allowed}")
     if int(self.steps) != self.steps or self.steps < 1:
@@ -206,14 +209,19 @@ def make_plan(diffusion: GaussianDiffusion, options: SamplerOptions) -> Plan:
   else:
     level = t_next
   ab_level = _ab_ext(diffusion, level)
-  arrays.update(blend_a=np.sqrt(ab_level), blend_s=np.sqrt(1.0 - ab_level),
-                sqrt_ab=np.sqrt(ab), sqrt_1m_ab=np.sqrt(1.0 - ab))  # eps and x_0 from the output
+  arrays.update(
+      blend_a=np.sqrt(ab_level),
+      blend_s=np.sqrt(1.0 - ab_level),
+      sqrt_ab=np.sqrt(ab),
+      sqrt_1m_ab=np.sqrt(1.0 - ab),
+  )  # eps and x_0 from the output
 
   process = diffusion
   if options.algorithm == "ddim":
     c1 = options.eta * np.sqrt((1.0 - ab / ab_next) * (1.0 - ab_next) / (1.0 - ab))
-    arrays.update(sqrt_ab_next=np.sqrt(ab_next), c1=c1,
-                  c2=np.sqrt(np.maximum(1.0 - ab_next - c1**2, 0.0)))
+    arrays.update(
+        sqrt_ab_next=np.sqrt(ab_next), c1=c1, c2=np.sqrt(np.maximum(1.0 - ab_next - c1**2, 0.0))
+    )
   elif options.algorithm == "ddpm":
     process = respaced(diffusion, grid)
   else:  # dpm_solver
@@ -227,8 +235,14 @@ def make_plan(diffusion: GaussianDiffusion, options: SamplerOptions) -> Plan:
     for i in range(1, n - 1):  # second order except on the first and the final step
       r = h[i - 1] / h[i]
       c_cur[i], c_prev[i] = 1.0 + 0.5 / r, -0.5 / r
-    arrays.update(alpha=alpha, sigma=sigma, ratio=sigma_next / sigma,
-                  gain=-alpha_next * np.expm1(-h), c_cur=c_cur, c_prev=c_prev)
+    arrays.update(
+        alpha=alpha,
+        sigma=sigma,
+        ratio=sigma_next / sigma,
+        gain=-alpha_next * np.expm1(-h),
+        c_cur=c_cur,
+        c_prev=c_prev,
+    )
 
   out = {}
   for name, value in arrays.items():
@@ -241,8 +255,14 @@ def make_plan(diffusion: GaussianDiffusion, options: SamplerOptions) -> Plan:
 # Step functions (pure; x is NHWC float32)
 
 
-def ddim_step(x: Array, eps: Array, coef: Mapping[str, Array], noise: Array | None = None,
-              clip: bool = False, x0: Array | None = None) -> tuple[Array, Array]:
+def ddim_step(
+    x: Array,
+    eps: Array,
+    coef: Mapping[str, Array],
+    noise: Array | None = None,
+    clip: bool = False,
+    x0: Array | None = None,
+) -> tuple[Array, Array]:
   """One DDIM step. Returns (x_next, x0). ``noise`` is needed when coef['c1'] can be non-zero.
   ``x0``: the model's own x_0 (v- and x0-prediction); by default derived from eps."""
   if x0 is None:
@@ -256,8 +276,14 @@ def ddim_step(x: Array, eps: Array, coef: Mapping[str, Array], noise: Array | No
   return x_next, x0
 
 
-def ddpm_step(process: GaussianDiffusion, x: Array, model_output: Array, index: Array,
-              noise: Array, clip: bool = True) -> tuple[Array, Array]:
+def ddpm_step(
+    process: GaussianDiffusion,
+    x: Array,
+    model_output: Array,
+    index: Array,
+    noise: Array,
+    clip: bool = True,
+) -> tuple[Array, Array]:
   """One ancestral step with the learned-range variance of ``process`` at grid position
   ``index``; noise is added unless index == 0. Returns (x_prev, x0)."""
   out = process.p_mean_variance(model_output, x, index, clip_denoised=clip)
@@ -265,8 +291,14 @@ def ddpm_step(process: GaussianDiffusion, x: Array, model_output: Array, index: 
   return out["mean"] + nonzero * jnp.exp(0.5 * out["log_variance"]) * noise, out["pred_xstart"]
 
 
-def dpm_solver_step(x: Array, eps: Array, x0_prev: Array, coef: Mapping[str, Array],
-                    clip: bool = False, x0: Array | None = None) -> tuple[Array, Array]:
+def dpm_solver_step(
+    x: Array,
+    eps: Array,
+    x0_prev: Array,
+    coef: Mapping[str, Array],
+    clip: bool = False,
+    x0: Array | None = None,
+) -> tuple[Array, Array]:
   """One DPM-Solver++(2M) step. Returns (x_next, x0).
 
   x0 = (x - sigma eps) / alpha; D = c_cur x0 + c_prev x0_prev (c_prev = 0 on first-order steps);
@@ -287,8 +319,9 @@ def split_step_key(key: Array) -> tuple[Array, Array]:
   return k_step, k_blend
 
 
-def blend_reference(x: Array, reference: Array, mask: Array, blend_a: Array, blend_s: Array,
-                    noise: Array) -> Array:
+def blend_reference(
+    x: Array, reference: Array, mask: Array, blend_a: Array, blend_s: Array, noise: Array
+) -> Array:
   """x mask + (blend_a ref + blend_s noise) (1 - mask): keeps the reference outside the mask."""
   kept = blend_a * reference + blend_s * noise
   return x * mask + kept * (1.0 - mask)
@@ -298,16 +331,21 @@ def blend_reference(x: Array, reference: Array, mask: Array, blend_a: Array, ble
 # The loop
 
 
-def _step_fn(predict: Callable[[Array, Array], Array], plan: Plan, options: SamplerOptions,
-             appearance: tuple[Array, Array] | None):
+def _step_fn(
+    predict: Callable[[Array, Array], Array],
+    plan: Plan,
+    options: SamplerOptions,
+    appearance: tuple[Array, Array] | None,
+):
   """The one step both loop flavours run: (carry=(x, x0_prev), xs) -> (x_next, x0)."""
 
   def step(carry, xs):
     x, x0_prev = carry
     k_step, k_blend = split_step_key(xs["key"])
     output = predict(x, xs["t"]).astype(jnp.float32)
-    eps, x0_model = eps_and_x0(plan.diffusion.prediction, output[..., :x.shape[-1]], x,
-                               xs["sqrt_ab"], xs["sqrt_1m_ab"])
+    eps, x0_model = eps_and_x0(
+        plan.diffusion.prediction, output[..., : x.shape[-1]], x, xs["sqrt_ab"], xs["sqrt_1m_ab"]
+    )
     if options.algorithm == "ddim":
       noise = jax.random.normal(k_step, x.shape, x.dtype) if options.eta > 0 else None
       x_next, x0 = ddim_step(x, eps, xs, noise, options.clip, x0=x0_model)
@@ -325,9 +363,15 @@ def _step_fn(predict: Callable[[Array, Array], Array], plan: Plan, options: Samp
   return step
 
 
-def run_steps(predict: Callable[[Array, Array], Array], x_init: Array, plan: Plan,
-              options: SamplerOptions, rng: Array, appearance: tuple[Array, Array] | None = None,
-              python_loop: bool = False) -> Array:
+def run_steps(
+    predict: Callable[[Array, Array], Array],
+    x_init: Array,
+    plan: Plan,
+    options: SamplerOptions,
+    rng: Array,
+    appearance: tuple[Array, Array] | None = None,
+    python_loop: bool = False,
+) -> Array:
   """Runs the sampler's steps from x_T = ``x_init``.
 
   Args:
@@ -378,21 +422,26 @@ def encode_conditions(model, batch: Mapping[str, Array], options: SamplerOptions
   if options.needs_null_features:
     images.append(jnp.zeros_like(source))
   feats = model.encode(jnp.concatenate(images, axis=0))
-  chunks = [jax.tree.map(lambda f, k=k: f[k * b:(k + 1) * b], feats) for k in range(len(images))]
+  chunks = [jax.tree.map(lambda f, k=k: f[k * b : (k + 1) * b], feats) for k in range(len(images))]
   features = chunks[0]
   if mix:
     w = jnp.asarray(batch["style_mix"], jnp.float32).reshape(b, 1, 1, 1)
     features = jax.tree.map(
-        lambda fa, fb: ((1.0 - w) * fa.astype(jnp.float32) + w * fb.astype(jnp.float32)
-                        ).astype(fa.dtype), chunks[0], chunks[1])
+        lambda fa, fb: ((1.0 - w) * fa.astype(jnp.float32) + w * fb.astype(jnp.float32)).astype(
+            fa.dtype
+        ),
+        chunks[0],
+        chunks[1],
+    )
   cond = dict(pose=jnp.asarray(batch["pose"]), features=features)
   if options.needs_null_features:
     cond["null_features"] = chunks[-1]
   return cond
 
 
-def guided_output(model, x: Array, t: Array, cond: Mapping[str, Any],
-                  options: SamplerOptions) -> Array:
+def guided_output(
+    model, x: Array, t: Array, cond: Mapping[str, Any], options: SamplerOptions
+) -> Array:
   """The guided 6-channel prediction for x_t (B, H, W, 3) at timestep t.
 
   style: null + s (cond - null), cond and null in one forward of 2B (s = 1: the conditional
@@ -405,17 +454,24 @@ def guided_output(model, x: Array, t: Array, cond: Mapping[str, Any],
     s = options.guidance_scale
     if s == 1.0:
       return model.denoise(x, pose, t, feats).astype(jnp.float32)
-    out = model.denoise(jnp.concatenate([x, x]), jnp.concatenate([pose, pose]), t,
-                        _concat([feats, cond["null_features"]])).astype(jnp.float32)
+    out = model.denoise(
+        jnp.concatenate([x, x]),
+        jnp.concatenate([pose, pose]),
+        t,
+        _concat([feats, cond["null_features"]]),
+    ).astype(jnp.float32)
     out_cond, out_null = out[:b], out[b:]
     return out_null + s * (out_cond - out_null)
   null_p = null_pose(pose.shape, pose.dtype)
   null_f = cond["null_features"]
-  out = model.denoise(jnp.concatenate([x, x, x]), jnp.concatenate([pose, null_p, null_p]), t,
-                      _concat([null_f, feats, null_f])).astype(jnp.float32)
-  e_pose, e_style, e_null = out[:b], out[b:2 * b], out[2 * b:]
-  return (e_null + options.pose_scale * (e_pose - e_null)
-          + options.style_scale * (e_style - e_null))
+  out = model.denoise(
+      jnp.concatenate([x, x, x]),
+      jnp.concatenate([pose, null_p, null_p]),
+      t,
+      _concat([null_f, feats, null_f]),
+  ).astype(jnp.float32)
+  e_pose, e_style, e_null = out[:b], out[b : 2 * b], out[2 * b :]
+  return e_null + options.pose_scale * (e_pose - e_null) + options.style_scale * (e_style - e_null)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -442,17 +498,28 @@ def check_batch(batch: Mapping[str, Any], in_channels: int = 3, pose_channels: i
   if len(np.shape(src)) != 4 or np.shape(src)[-1] != in_channels:
     raise ValueError(f"source must be (B, H, W, {in_channels}) NHWC, got {np.shape(src)}")
   b, h, w, _ = np.shape(src)
-  expect = dict(pose=(b, h, w, pose_channels), source_b=(b, h, w, in_channels),
-                style_mix=(b,), reference=(b, h, w, in_channels), noise=(b, h, w, in_channels))
+  expect = dict(
+      pose=(b, h, w, pose_channels),
+      source_b=(b, h, w, in_channels),
+      style_mix=(b,),
+      reference=(b, h, w, in_channels),
+      noise=(b, h, w, in_channels),
+  )
   for name, shape in expect.items():
     if name in batch and tuple(np.shape(batch[name])) != shape:
-      raise ValueError(f"{name} must have shape {shape} to match source {np.shape(src)}, "
-                       f"got {np.shape(batch[name])}")
-  if "mask" in batch and (tuple(np.shape(batch["mask"]))[:3] != (b, h, w)
-                          or np.shape(batch["mask"])[-1] not in (1, in_channels)
-                          or len(np.shape(batch["mask"])) != 4):
-    raise ValueError(f"mask must have shape ({b}, {h}, {w}, 1 or {in_channels}), got "
-                     f"{np.shape(batch['mask'])}")
+      raise ValueError(
+          f"{name} must have shape {shape} to match source {np.shape(src)}, "
+          f"got {np.shape(batch[name])}"
+      )
+  if "mask" in batch and (
+      tuple(np.shape(batch["mask"]))[:3] != (b, h, w)
+      or np.shape(batch["mask"])[-1] not in (1, in_channels)
+      or len(np.shape(batch["mask"])) != 4
+  ):
+    raise ValueError(
+        f"mask must have shape ({b}, {h}, {w}, 1 or {in_channels}), got "
+        f"{np.shape(batch['mask'])}"
+    )
   for a, b_ in (("source_b", "style_mix"), ("reference", "mask")):
     if (a in batch) != (b_ in batch):
       raise ValueError(f"{a!r} and {b_!r} go together; got only one of them")
@@ -474,15 +541,21 @@ class Sampler:
   axes (``in_shardings``/``out_shardings``) and the parameters keep their own shardings.
   """
 
-  def __init__(self, diffusion: GaussianDiffusion | None = None,
-               options: SamplerOptions | None = None, mesh: Mesh | None = None):
+  def __init__(
+      self,
+      diffusion: GaussianDiffusion | None = None,
+      options: SamplerOptions | None = None,
+      mesh: Mesh | None = None,
+  ):
     self.diffusion = diffusion if diffusion is not None else default_diffusion()
     self.options = options if options is not None else SamplerOptions()
     self.plan = make_plan(self.diffusion, self.options)
     self.mesh = mesh
     if mesh is not None and any(t != AxisType.Auto for t in mesh.axis_types):
-      raise ValueError(f"the sampling mesh needs AxisType.Auto axes (as pidm_jax.sharding."
-                       f"create_mesh builds), got {mesh.axis_types}")
+      raise ValueError(
+          f"the sampling mesh needs AxisType.Auto axes (as pidm_jax.sharding."
+          f"create_mesh builds), got {mesh.axis_types}"
+      )
     self.batch_sharding = batch_sharding(mesh) if mesh is not None else None
     self._programs: list[tuple[Any, dict]] = []  # (graphdef, jitted functions), see _jitted
 
@@ -497,11 +570,15 @@ class Sampler:
         return fns
     kw = {}
     if self.mesh is not None:
-      kw = dict(in_shardings=(None, self.batch_sharding, NamedSharding(self.mesh, P())),
-                out_shardings=self.batch_sharding)
-    fns = dict(run=jax.jit(functools.partial(self.run, graphdef), **kw),
-               encode=jax.jit(functools.partial(self._encode, graphdef)),
-               predict=jax.jit(functools.partial(self._predict, graphdef)))
+      kw = dict(
+          in_shardings=(None, self.batch_sharding, NamedSharding(self.mesh, P())),
+          out_shardings=self.batch_sharding,
+      )
+    fns = dict(
+        run=jax.jit(functools.partial(self.run, graphdef), **kw),
+        encode=jax.jit(functools.partial(self._encode, graphdef)),
+        predict=jax.jit(functools.partial(self._predict, graphdef)),
+    )
     self._programs.append((graphdef, fns))
     return fns
 
@@ -533,8 +610,9 @@ class Sampler:
     def predict(x, t):
       return guided_output(model, x, t, cond, self.options)
 
-    return run_steps(predict, x_init, self.plan, self.options, k_steps,
-                     appearance=self._appearance(batch))
+    return run_steps(
+        predict, x_init, self.plan, self.options, k_steps, appearance=self._appearance(batch)
+    )
 
   def _encode(self, graphdef, state, batch):
     return encode_conditions(self._merge(graphdef, state), batch, self.options)
@@ -549,15 +627,26 @@ class Sampler:
     fns = self._jitted(graphdef)
     cond = fns["encode"](state, batch)
     x_init, k_steps = self._initial(batch, rng)
-    return run_steps(lambda x, t: fns["predict"](state, cond, x, t), x_init, self.plan,
-                     self.options, k_steps, appearance=self._appearance(batch), python_loop=True)
+    return run_steps(
+        lambda x, t: fns["predict"](state, cond, x, t),
+        x_init,
+        self.plan,
+        self.options,
+        k_steps,
+        appearance=self._appearance(batch),
+        python_loop=True,
+    )
 
   # -- calling ----------------------------------------------------------------------------------
   def prepare(self, model, batch: Mapping[str, Any], rng: Array | None):
     """Splits the model and checks/places the batch. Returns (graphdef, state, batch, rng)."""
     b = check_batch(batch, getattr(model, "in_channels", 3), getattr(model, "pose_channels", 20))
-    needs_rng = ("noise" not in batch or self.options.algorithm == "ddpm"
-                 or self.options.eta > 0 or "reference" in batch)
+    needs_rng = (
+        "noise" not in batch
+        or self.options.algorithm == "ddpm"
+        or self.options.eta > 0
+        or "reference" in batch
+    )
     if rng is None:
       if needs_rng:
         raise ValueError("sampling draws random numbers here: pass rng=jax.random.key(seed)")
@@ -566,8 +655,10 @@ class Sampler:
     if self.batch_sharding is not None:
       shards = sharding_lib.batch_size_divisor(self.mesh)
       if b % shards:
-        raise ValueError(f"batch size {b} must be a multiple of the {shards} batch shards of the "
-                         f"mesh {dict(self.mesh.shape)}")
+        raise ValueError(
+            f"batch size {b} must be a multiple of the {shards} batch shards of the "
+            f"mesh {dict(self.mesh.shape)}"
+        )
       batch = {k: _global_array(v, self.batch_sharding) for k, v in batch.items()}
       rng = jax.device_put(rng, NamedSharding(self.mesh, P()))
     else:
@@ -612,27 +703,42 @@ def default_diffusion() -> GaussianDiffusion:
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_sampler(betas_key: bytes, prediction: str, options: SamplerOptions,
-                    mesh: Mesh | None) -> Sampler:
+def _cached_sampler(
+    betas_key: bytes, prediction: str, options: SamplerOptions, mesh: Mesh | None
+) -> Sampler:
   betas = np.frombuffer(betas_key, np.float64)
   return Sampler(GaussianDiffusion(betas, prediction), options, mesh)
 
 
-def get_sampler(diffusion: GaussianDiffusion | None, options: SamplerOptions,
-                mesh: Mesh | None = None) -> Sampler:
+def get_sampler(
+    diffusion: GaussianDiffusion | None, options: SamplerOptions, mesh: Mesh | None = None
+) -> Sampler:
   """A cached :class:`Sampler` for (betas, options, mesh): repeated calls reuse its compilation."""
   diffusion = diffusion if diffusion is not None else default_diffusion()
-  return _cached_sampler(np.asarray(diffusion.betas, np.float64).tobytes(), diffusion.prediction,
-                         options, mesh)
+  return _cached_sampler(
+      np.asarray(diffusion.betas, np.float64).tobytes(), diffusion.prediction, options, mesh
+  )
 
 
 _OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(SamplerOptions))
 
 
-def sample(model, source, pose, *, rng: Array | None = None, noise=None, reference=None, mask=None,
-           source_b=None, style_mix=None, diffusion: GaussianDiffusion | None = None,
-           mesh: Mesh | None = None, options: SamplerOptions | None = None,
-           **option_fields) -> Array:
+def sample(
+    model,
+    source,
+    pose,
+    *,
+    rng: Array | None = None,
+    noise=None,
+    reference=None,
+    mask=None,
+    source_b=None,
+    style_mix=None,
+    diffusion: GaussianDiffusion | None = None,
+    mesh: Mesh | None = None,
+    options: SamplerOptions | None = None,
+    **option_fields,
+) -> Array:
   """Samples person images of ``source`` in the target ``pose``.
 
   Args:
@@ -654,13 +760,17 @@ def sample(model, source, pose, *, rng: Array | None = None, noise=None, referen
   """
   unknown = sorted(set(option_fields) - set(_OPTION_FIELDS))
   if unknown:
-    raise TypeError(f"sample() got unknown option(s) {unknown}; SamplerOptions fields are "
-                    f"{list(_OPTION_FIELDS)}")
-  options = dataclasses.replace(options if options is not None else SamplerOptions(),
-                                **option_fields)
+    raise TypeError(
+        f"sample() got unknown option(s) {unknown}; SamplerOptions fields are "
+        f"{list(_OPTION_FIELDS)}"
+    )
+  options = dataclasses.replace(
+      options if options is not None else SamplerOptions(), **option_fields
+  )
   batch = dict(source=source, pose=pose)
-  optional = dict(noise=noise, reference=reference, mask=mask, source_b=source_b,
-                  style_mix=style_mix)
+  optional = dict(
+      noise=noise, reference=reference, mask=mask, source_b=source_b, style_mix=style_mix
+  )
   batch.update({k: v for k, v in optional.items() if v is not None})
   images = get_sampler(diffusion, options, mesh)(model, batch, rng)
   return jnp.clip(images, -1.0, 1.0)

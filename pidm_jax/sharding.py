@@ -54,8 +54,10 @@ def _fill_sizes(sizes: Sequence[int], total: int, what: str) -> list[int]:
       raise ValueError(f"{what}: {total} devices cannot be split as {sizes}")
     sizes[sizes.index(-1)] = total // known
   if math.prod(sizes) != total:
-    raise ValueError(f"{what}: mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
-                     f"devices, but {total} are available")
+    raise ValueError(
+        f"{what}: mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+        f"devices, but {total} are available"
+    )
   return sizes
 
 
@@ -71,8 +73,11 @@ def create_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mes
   if math.prod(dcn) > 1:
     if len(devices) % math.prod(dcn):
       raise ValueError(f"{len(devices)} devices cannot form {math.prod(dcn)} DCN slices")
-    ici = _fill_sizes([mesh_config.data, mesh_config.fsdp], len(devices) // math.prod(dcn),
-                      "config.mesh (per slice)")
+    ici = _fill_sizes(
+        [mesh_config.data, mesh_config.fsdp],
+        len(devices) // math.prod(dcn),
+        "config.mesh (per slice)",
+    )
     array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
     return Mesh(array, MESH_AXES, axis_types=axis_types)
   sizes = _fill_sizes([mesh_config.data, mesh_config.fsdp], len(devices), "config.mesh")
@@ -103,8 +108,13 @@ def sampling_batch_size(requested: int, mesh: Mesh, needed: int | None = None) -
   return size
 
 
-def spec_for(shape: Sequence[int], logical_axes: Sequence[str | None] | None, mesh: Mesh,
-             rules: Sequence[tuple[str, str | None]], min_shard_size: int) -> P:
+def spec_for(
+    shape: Sequence[int],
+    logical_axes: Sequence[str | None] | None,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, str | None]],
+    min_shard_size: int,
+) -> P:
   """The PartitionSpec of one tensor from its logical axis names (see module docstring)."""
   if not logical_axes or math.prod(shape) < min_shard_size:
     return P()
@@ -120,8 +130,9 @@ def spec_for(shape: Sequence[int], logical_axes: Sequence[str | None] | None, me
   return P(*out)
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[str, str | None]],
-                    min_shard_size: int) -> Any:
+def state_shardings(
+    abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[str, str | None]], min_shard_size: int
+) -> Any:
   """NamedShardings for an ``nnx.State`` (abstract or concrete), from each Variable's metadata."""
 
   def one(var):
@@ -134,15 +145,20 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[str, 
 
 def rules_from_config(config) -> tuple:
   """Logical-axis rules from ``config.sharding.rules`` (a sequence of (logical, mesh) pairs)."""
-  rules = tuple((str(a), None if b in (None, "None", "") else str(b))
-                for a, b in config.sharding.rules)
+  rules = tuple(
+      (str(a), None if b in (None, "None", "") else str(b)) for a, b in config.sharding.rules
+  )
   for logical, axis in rules:
     if axis is not None and axis not in MESH_AXES:
-      raise ValueError(f"config.sharding.rules maps {logical!r} to unknown mesh axis {axis!r}; "
-                       f"mesh axes are {MESH_AXES}")
+      raise ValueError(
+          f"config.sharding.rules maps {logical!r} to unknown mesh axis {axis!r}; "
+          f"mesh axes are {MESH_AXES}"
+      )
     if logical not in LOGICAL_AXES:
-      raise ValueError(f"config.sharding.rules names unknown logical axis {logical!r}; the "
-                       f"models' parameter axes are {LOGICAL_AXES}")
+      raise ValueError(
+          f"config.sharding.rules names unknown logical axis {logical!r}; the "
+          f"models' parameter axes are {LOGICAL_AXES}"
+      )
   return rules
 
 

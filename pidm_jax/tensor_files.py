@@ -143,37 +143,109 @@ class _Storage(_Sealed):
 
 
 _STORAGE_TYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_, "ComplexFloatStorage": np.complex64,
-    "ComplexDoubleStorage": np.complex128, "UntypedStorage": np.uint8,
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+    "ComplexFloatStorage": np.complex64,
+    "ComplexDoubleStorage": np.complex128,
+    "UntypedStorage": np.uint8,
 }
 
 _TORCH_DTYPES = {
-    "float64": np.float64, "double": np.float64, "float32": np.float32, "float": np.float32,
-    "float16": np.float16, "half": np.float16, "bfloat16": ml_dtypes.bfloat16,
-    "int64": np.int64, "long": np.int64, "int32": np.int32, "int": np.int32, "int16": np.int16,
-    "short": np.int16, "int8": np.int8, "uint8": np.uint8, "uint16": np.uint16,
-    "uint32": np.uint32, "uint64": np.uint64, "bool": np.bool_, "complex64": np.complex64,
-    "cfloat": np.complex64, "complex128": np.complex128, "cdouble": np.complex128,
-    "float8_e4m3fn": ml_dtypes.float8_e4m3fn, "float8_e5m2": ml_dtypes.float8_e5m2,
+    "float64": np.float64,
+    "double": np.float64,
+    "float32": np.float32,
+    "float": np.float32,
+    "float16": np.float16,
+    "half": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "int64": np.int64,
+    "long": np.int64,
+    "int32": np.int32,
+    "int": np.int32,
+    "int16": np.int16,
+    "short": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "uint16": np.uint16,
+    "uint32": np.uint32,
+    "uint64": np.uint64,
+    "bool": np.bool_,
+    "complex64": np.complex64,
+    "cfloat": np.complex64,
+    "complex128": np.complex128,
+    "cdouble": np.complex128,
+    "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
+    "float8_e5m2": ml_dtypes.float8_e5m2,
 }
 
 # Modules whose names in a pickle mean an attempt to run code: refused outright. (Any other unknown
 # name only ever becomes an inert Placeholder, so this list is about clear errors, not the only
 # line of defence.)
 _FORBIDDEN_MODULES = (
-    "os", "posix", "nt", "sys", "subprocess", "shutil", "importlib", "runpy", "pty", "socket",
-    "pickle", "_pickle", "cPickle", "marshal", "code", "codeop", "ctypes", "types", "io", "_io",
-    "tempfile", "webbrowser", "multiprocessing", "threading", "_thread", "signal", "asyncio",
-    "platform", "commands", "pdb", "bdb", "timeit", "trace", "cProfile", "profile", "inspect",
-    "gc", "operator", "_operator", "numpy.testing", "torch.hub", "torch.jit", "torch.ops",
-    "torch.serialization", "torch.utils.cpp_extension", "torch._dynamo", "torch._inductor",
+    "os",
+    "posix",
+    "nt",
+    "sys",
+    "subprocess",
+    "shutil",
+    "importlib",
+    "runpy",
+    "pty",
+    "socket",
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "marshal",
+    "code",
+    "codeop",
+    "ctypes",
+    "types",
+    "io",
+    "_io",
+    "tempfile",
+    "webbrowser",
+    "multiprocessing",
+    "threading",
+    "_thread",
+    "signal",
+    "asyncio",
+    "platform",
+    "commands",
+    "pdb",
+    "bdb",
+    "timeit",
+    "trace",
+    "cProfile",
+    "profile",
+    "inspect",
+    "gc",
+    "operator",
+    "_operator",
+    "numpy.testing",
+    "torch.hub",
+    "torch.jit",
+    "torch.ops",
+    "torch.serialization",
+    "torch.utils.cpp_extension",
+    "torch._dynamo",
+    "torch._inductor",
 )
 # builtins that only build plain values and are safe to call.
-_SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice,
-                  "dict": dict}
+_SAFE_BUILTINS = {
+    "set": set,
+    "frozenset": frozenset,
+    "complex": complex,
+    "slice": slice,
+    "dict": dict,
+}
 
 
 def _codecs_encode(text, encoding="utf-8"):
@@ -213,7 +285,8 @@ def _number_dtype(dtype: np.dtype) -> np.dtype:
   if dtype.kind not in _NUMBER_KINDS:
     raise CheckpointFormatError(
         f"pickled numpy dtype {dtype}: only arrays of numbers are read (no objects, strings, "
-        "records or dates)")
+        "records or dates)"
+    )
   return dtype
 
 
@@ -232,8 +305,10 @@ class _PickledDtype:
   def __init__(self, code, align=False, copy=False):
     del align, copy
     if not isinstance(code, str):
-      raise CheckpointFormatError(f"pickled numpy dtype of {type(code).__name__}: only dtypes "
-                                  "named by a type code (e.g. 'f4') are read")
+      raise CheckpointFormatError(
+          f"pickled numpy dtype of {type(code).__name__}: only dtypes "
+          "named by a type code (e.g. 'f4') are read"
+      )
     try:
       self.dtype = _number_dtype(np.dtype(code))
     except TypeError:
@@ -242,8 +317,9 @@ class _PickledDtype:
   def __setstate__(self, state):
     # (version, byte order, subarray, names, fields, itemsize, alignment, flags[, metadata])
     if not isinstance(state, tuple) or len(state) < 8 or state[2:5] != (None, None, None):
-      raise CheckpointFormatError(f"pickled numpy dtype state {state!r:.100}: only plain number "
-                                  "dtypes are read")
+      raise CheckpointFormatError(
+          f"pickled numpy dtype state {state!r:.100}: only plain number " "dtypes are read"
+      )
     order = state[1]
     if order not in ("<", ">", "=", "|"):
       raise CheckpointFormatError(f"pickled numpy dtype with byte order {order!r:.20}")
@@ -256,8 +332,9 @@ def _array_from_bytes(raw, dtype, shape, order: str) -> np.ndarray:
   if not isinstance(dtype, _PickledDtype):
     raise CheckpointFormatError(f"pickled numpy array with dtype {dtype!r:.60}")
   if not isinstance(raw, (bytes, bytearray)):
-    raise CheckpointFormatError(f"pickled numpy array whose data is a {type(raw).__name__}, not "
-                                "bytes (an object array?)")
+    raise CheckpointFormatError(
+        f"pickled numpy array whose data is a {type(raw).__name__}, not " "bytes (an object array?)"
+    )
   try:
     shape = tuple(int(n) for n in shape)
   except (TypeError, ValueError):
@@ -266,8 +343,9 @@ def _array_from_bytes(raw, dtype, shape, order: str) -> np.ndarray:
     raise CheckpointFormatError(f"pickled numpy array with shape {shape}, order {order!r:.10}")
   nbytes = math.prod(shape) * dtype.dtype.itemsize
   if len(raw) != nbytes:
-    raise CheckpointFormatError(f"pickled numpy array {dtype.dtype} {list(shape)} holds "
-                                f"{len(raw)} bytes, not {nbytes}")
+    raise CheckpointFormatError(
+        f"pickled numpy array {dtype.dtype} {list(shape)} holds " f"{len(raw)} bytes, not {nbytes}"
+    )
   return np.frombuffer(raw, dtype.dtype).reshape(shape, order=order)
 
 
@@ -365,20 +443,23 @@ def _strided_view(data: np.ndarray, offset, size, stride) -> np.ndarray:
     raise CheckpointFormatError(f"tensor with invalid offset/size/stride: {e}") from None
   if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
     raise CheckpointFormatError(
-        f"tensor with invalid geometry: offset {offset}, size {size}, stride {stride}")
+        f"tensor with invalid geometry: offset {offset}, size {size}, stride {stride}"
+    )
   if 0 in size:
     return np.zeros(size, data.dtype)
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if last >= data.shape[0]:
     raise CheckpointFormatError(
         f"tensor (offset {offset}, size {size}, stride {stride}) reads past the end of its "
-        f"storage of {data.shape[0]} elements")
+        f"storage of {data.shape[0]} elements"
+    )
   numel = math.prod(size)
-  contiguous = tuple(math.prod(size[i + 1:]) for i in range(len(size)))
+  contiguous = tuple(math.prod(size[i + 1 :]) for i in range(len(size)))
   if all(s == c for n, s, c in zip(size, stride, contiguous) if n > 1):
-    return data[offset:offset + numel].reshape(size)  # a view: nothing is read until used
+    return data[offset : offset + numel].reshape(size)  # a view: nothing is read until used
   view = np.lib.stride_tricks.as_strided(
-      data[offset:], shape=size, strides=tuple(s * data.itemsize for s in stride), writeable=False)
+      data[offset:], shape=size, strides=tuple(s * data.itemsize for s in stride), writeable=False
+  )
   return np.array(view)
 
 
@@ -414,8 +495,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
       self._functions[(f"{core}.multiarray", "scalar")] = _np_scalar
       self._functions[(f"{core}.numeric", "_frombuffer")] = _np_frombuffer
     self._placeholders: dict[tuple[str, str], type] = {}  # per load: a pickle can't taint others
-    self._rebuilders = {self._rebuild_tensor, self._rebuild_tensor_v2, self._rebuild_tensor_v3,
-                        self._rebuild_parameter}
+    self._rebuilders = {
+        self._rebuild_tensor,
+        self._rebuild_tensor_v2,
+        self._rebuild_tensor_v3,
+        self._rebuild_parameter,
+    }
 
   def load(self):
     obj = super().load()
@@ -436,13 +521,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
       if name in _SAFE_BUILTINS:
         return _SAFE_BUILTINS[name]
       raise UnsafePickleError(
-          f"refusing to load {module}.{name}: a pickle that references it could run code")
+          f"refusing to load {module}.{name}: a pickle that references it could run code"
+      )
     if _is_forbidden(module):
       raise UnsafePickleError(
-          f"refusing to load {module}.{name}: a pickle that references it could run code")
+          f"refusing to load {module}.{name}: a pickle that references it could run code"
+      )
     if (module, name) not in self._placeholders:
       self._placeholders[(module, name)] = type(
-          str(name), (Placeholder,), {"module": str(module), "name": str(name)})
+          str(name), (Placeholder,), {"module": str(module), "name": str(name)}
+      )
     return self._placeholders[(module, name)]
 
   def persistent_load(self, pid):
@@ -476,13 +564,30 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return None
     return _strided_view(storage.data, storage_offset, size, stride)
 
-  def _rebuild_tensor_v2(self, storage, storage_offset, size, stride, requires_grad=False,
-                         backward_hooks=None, metadata=None):
+  def _rebuild_tensor_v2(
+      self,
+      storage,
+      storage_offset,
+      size,
+      stride,
+      requires_grad=False,
+      backward_hooks=None,
+      metadata=None,
+  ):
     del requires_grad, backward_hooks, metadata
     return self._rebuild_tensor(storage, storage_offset, size, stride)
 
-  def _rebuild_tensor_v3(self, storage, storage_offset, size, stride, requires_grad,
-                         backward_hooks, dtype, metadata=None):
+  def _rebuild_tensor_v3(
+      self,
+      storage,
+      storage_offset,
+      size,
+      stride,
+      requires_grad,
+      backward_hooks,
+      dtype,
+      metadata=None,
+  ):
     del requires_grad, backward_hooks, metadata
     storage = self._check_storage(storage)
     if not isinstance(dtype, TorchDtype):
@@ -529,7 +634,8 @@ def _typed(raw: np.ndarray, dtype: np.dtype, numel: int, big_endian: bool, what:
   nbytes = numel * dtype.itemsize
   if numel < 0 or raw.shape[0] < nbytes:
     raise CheckpointFormatError(
-        f"{what} holds {raw.shape[0]} bytes, but {numel} x {dtype} needs {nbytes}")
+        f"{what} holds {raw.shape[0]} bytes, but {numel} x {dtype} needs {nbytes}"
+    )
   raw = raw[:nbytes]
   if big_endian and dtype.itemsize > 1:
     unit = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
@@ -544,8 +650,9 @@ def _load_torch_zip(path: str):
     if len(pkl) != 1:
       raise CheckpointFormatError(
           f"{path}: a zip file but not a torch.save archive (expected one '<name>/data.pkl', "
-          f"found {len(pkl)})")
-    prefix = pkl[0][:-len("data.pkl")]
+          f"found {len(pkl)})"
+      )
+    prefix = pkl[0][: -len("data.pkl")]
     big_endian = False
     if prefix + "byteorder" in names:
       order = zf.read(prefix + "byteorder").decode().strip()
@@ -613,8 +720,9 @@ def _load_torch_legacy(path: str):
       (numel,) = struct.unpack(">q" if big_endian else "<q", f.read(8))
       dtype = storages[key].dtype
       if not 0 <= numel * dtype.itemsize <= file_size - f.tell():
-        raise CheckpointFormatError(f"{path}: storage {key} claims {numel} elements, more than "
-                                    "the file holds")
+        raise CheckpointFormatError(
+            f"{path}: storage {key} claims {numel} elements, more than " "the file holds"
+        )
       raw = np.frombuffer(f.read(numel * dtype.itemsize), np.uint8)
       storages[key].data = _typed(raw, dtype, numel, big_endian, f"{path}: storage {key}")
 
@@ -657,11 +765,27 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
 
 # safetensors dtypes that the package's NumPy side cannot hand out (float8 fails by name, bfloat16
 # works only once ml_dtypes has registered it): read from their bytes here.
-_ML_DTYPES = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
-              "F8_E5M2": ml_dtypes.float8_e5m2}
+_ML_DTYPES = {
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+}
 # Those it hands out as NumPy arrays.
-_NUMPY_CODES = {"F64", "F32", "F16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8",
-                "BOOL", "C64"}
+_NUMPY_CODES = {
+    "F64",
+    "F32",
+    "F16",
+    "I64",
+    "I32",
+    "I16",
+    "I8",
+    "U64",
+    "U32",
+    "U16",
+    "U8",
+    "BOOL",
+    "C64",
+}
 # The package stores tensors sorted by dtype and name; the writer's order travels in the metadata.
 _ORDER_KEY = "tensor_order"
 
@@ -698,8 +822,9 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
       codes = {name: f.get_slice(name).get_dtype() for name in names}
       for name, code in codes.items():
         if code not in _NUMPY_CODES and code not in _ML_DTYPES:
-          raise CheckpointFormatError(f"{path}: safetensors entry {name!r} has dtype {code}, "
-                                      "which is not read")
+          raise CheckpointFormatError(
+              f"{path}: safetensors entry {name!r} has dtype {code}, " "which is not read"
+          )
       out = {name: f.get_tensor(name) for name in names if codes[name] in _NUMPY_CODES}
   except safetensors.SafetensorError as e:
     raise CheckpointFormatError(f"{path}: not a readable safetensors file ({e})") from None
@@ -772,16 +897,23 @@ def file_format(path) -> str:
       return "npz"
     raise CheckpointFormatError(
         f"{path}: a zip file but not a torch.save archive (no '<name>/data.pkl') nor an .npz "
-        "(entries that are not .npy)")
+        "(entries that are not .npy)"
+    )
   if magic[:1] == b"\x80":  # a pickle of protocol >= 2
     return "torch-legacy" if _LEGACY_MAGIC_OPCODE in magic else "pickle"
   raise CheckpointFormatError(
       f"{path}: not a torch.save file (zip or legacy pickle), .safetensors, .npz or pickle "
-      f"(starts with {magic[:8]!r})")
+      f"(starts with {magic[:8]!r})"
+  )
 
 
-_READERS = {"torch-zip": _load_torch_zip, "torch-legacy": _load_torch_legacy,
-            "pickle": _load_pickle, "safetensors": load_safetensors, "npz": _load_npz}
+_READERS = {
+    "torch-zip": _load_torch_zip,
+    "torch-legacy": _load_torch_legacy,
+    "pickle": _load_pickle,
+    "safetensors": load_safetensors,
+    "npz": _load_npz,
+}
 
 
 def load_torch_checkpoint(path):
@@ -806,6 +938,16 @@ def load_torch_checkpoint(path):
     return reader(path)
   except (UnsafePickleError, CheckpointFormatError):
     raise
-  except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError,
-          KeyError, struct.error, zipfile.BadZipFile, RecursionError) as e:
+  except (
+      pickle.UnpicklingError,
+      EOFError,
+      TypeError,
+      ValueError,
+      AttributeError,
+      IndexError,
+      KeyError,
+      struct.error,
+      zipfile.BadZipFile,
+      RecursionError,
+  ) as e:
     raise CheckpointFormatError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e

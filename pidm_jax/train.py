@@ -46,6 +46,7 @@ from pidm_jax.models import PIDM
 @flax.struct.dataclass
 class TrainState:
   """Everything a training run needs to continue, as one pytree."""
+
   step: jax.Array
   params: Any  # pure dict
   opt_state: Any
@@ -67,22 +68,31 @@ def learning_rate_schedule(train_cfg) -> optax.Schedule:
     after = optax.constant_schedule(train_cfg.learning_rate)
   else:
     after = optax.cosine_decay_schedule(
-        train_cfg.learning_rate, max(train_cfg.num_train_steps - max(train_cfg.warmup_steps, 0), 1))
+        train_cfg.learning_rate, max(train_cfg.num_train_steps - max(train_cfg.warmup_steps, 0), 1)
+    )
   if train_cfg.warmup_steps <= 0:
     return after
-  return optax.join_schedules([
-      optax.linear_schedule(train_cfg.warmup_init_lr, train_cfg.learning_rate,
-                            train_cfg.warmup_steps),
-      after,
-  ], [train_cfg.warmup_steps])
+  return optax.join_schedules(
+      [
+          optax.linear_schedule(
+              train_cfg.warmup_init_lr, train_cfg.learning_rate, train_cfg.warmup_steps
+          ),
+          after,
+      ],
+      [train_cfg.warmup_steps],
+  )
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
   """Global-norm clipping then Adam on the warm-up schedule (the official recipe)."""
   return optax.chain(
       optax.clip_by_global_norm(train_cfg.grad_clip_norm),
-      optax.adam(learning_rate_schedule(train_cfg), b1=train_cfg.adam_b1, b2=train_cfg.adam_b2,
-                 eps=train_cfg.adam_eps),
+      optax.adam(
+          learning_rate_schedule(train_cfg),
+          b1=train_cfg.adam_b1,
+          b2=train_cfg.adam_b2,
+          eps=train_cfg.adam_eps,
+      ),
   )
 
 
@@ -102,7 +112,8 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     raise SetupError(
         f"config.train.batch_size = {batch_size} samples must be 2 x a multiple of {divisor} "
         f"pairs (the mesh splits the batch over {divisor} devices; each pair is trained in "
-        f"both directions)")
+        f"both directions)"
+    )
 
 
 @dataclasses.dataclass(eq=False)  # hashed by identity (compiled helpers are cached per trainer)
@@ -122,20 +133,34 @@ class Trainer:
     replicated = sharding_lib.replicated(self.mesh)
     abstract_state = jax.eval_shape(functools.partial(self._init_state, 0))
     opt_shardings = optax.tree_map_params(
-        self.optimizer, lambda _, s: s, abstract_state.opt_state, self.param_shardings,
-        transform_non_params=lambda _: replicated)
-    self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
-                                      opt_state=opt_shardings, ema_params=self.param_shardings,
-                                      rng=replicated)
+        self.optimizer,
+        lambda _, s: s,
+        abstract_state.opt_state,
+        self.param_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+    self.state_shardings = TrainState(
+        step=replicated,
+        params=self.param_shardings,
+        opt_state=opt_shardings,
+        ema_params=self.param_shardings,
+        rng=replicated,
+    )
     self.abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-        self.state_shardings)
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_state,
+        self.state_shardings,
+    )
     self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
-    self.init_state = jax.jit(self._init_state, static_argnums=0,
-                              out_shardings=self.state_shardings)
-    self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, None),
-                              out_shardings=(self.state_shardings, replicated),
-                              donate_argnums=(0,))
+    self.init_state = jax.jit(
+        self._init_state, static_argnums=0, out_shardings=self.state_shardings
+    )
+    self.train_step = jax.jit(
+        self._train_step,
+        in_shardings=(self.state_shardings, None),
+        out_shardings=(self.state_shardings, replicated),
+        donate_argnums=(0,),
+    )
 
   # -- model -------------------------------------------------------------------------------------
   def model_from_params(self, params, *, train: bool = False, dropout_key=None) -> PIDM:
@@ -146,16 +171,26 @@ class Trainer:
   def _init_state(self, seed: int) -> TrainState:
     key = jax.random.key(seed)
     params = nnx.state(model_params.new_model(self.config.model, seed), nnx.Param).to_pure_dict()
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.optimizer.init(params), ema_params=params,
-                      rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=self.optimizer.init(params),
+        ema_params=params,
+        rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+    )
 
   def state_from_params(self, params, seed: int) -> TrainState:
     """A fresh train state starting from given (e.g. converted official) parameters."""
-    fn = jax.jit(lambda p: TrainState(
-        step=jnp.zeros((), jnp.int32), params=p, opt_state=self.optimizer.init(p), ema_params=p,
-        rng=jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))),
-                 out_shardings=self.state_shardings)
+    fn = jax.jit(
+        lambda p: TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=p,
+            opt_state=self.optimizer.init(p),
+            ema_params=p,
+            rng=jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)),
+        ),
+        out_shardings=self.state_shardings,
+    )
     return fn(params)
 
   # -- step --------------------------------------------------------------------------------------
@@ -171,8 +206,13 @@ class Trainer:
     pose = jnp.concatenate([batch["target_pose"], batch["source_pose"]])
     b = x0.shape[0]
     t_key, noise_key, drop_key, cond_key = jax.random.split(rng, 4)
-    t = diffusion_lib.sample_timesteps(t_key, (b,), self.diffusion.num_timesteps,
-                                       cfg.train.high_noise_fraction, cfg.train.high_noise_from)
+    t = diffusion_lib.sample_timesteps(
+        t_key,
+        (b,),
+        self.diffusion.num_timesteps,
+        cfg.train.high_noise_fraction,
+        cfg.train.high_noise_from,
+    )
     noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
     x_t = self.diffusion.q_sample(x0, t, noise)
     model = self.model_from_params(params, train=True, dropout_key=drop_key)
@@ -195,13 +235,24 @@ class Trainer:
     params = _select(finite, params, state.params)
     opt_state = _select(finite, opt_state, state.opt_state)
     decay = ema_decay(state.step, cfg)
-    ema = _select(finite, optax.incremental_update(params, state.ema_params, step_size=1.0 - decay),
-                  state.ema_params)
-    metrics = dict(metrics, grad_norm=grad_norm,
-                   learning_rate=learning_rate_schedule(cfg)(state.step),
-                   finite=finite.astype(jnp.float32))
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                           ema_params=ema, rng=jax.random.key_data(rng))
+    ema = _select(
+        finite,
+        optax.incremental_update(params, state.ema_params, step_size=1.0 - decay),
+        state.ema_params,
+    )
+    metrics = dict(
+        metrics,
+        grad_norm=grad_norm,
+        learning_rate=learning_rate_schedule(cfg)(state.step),
+        finite=finite.astype(jnp.float32),
+    )
+    new_state = TrainState(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        ema_params=ema,
+        rng=jax.random.key_data(rng),
+    )
     return new_state, metrics
 
 
@@ -227,8 +278,10 @@ def check_workdir(workdir: str, checkpoint_bytes: int, keep_checkpoints: int) ->
       os.fsync(f.fileno())
     os.remove(probe)
   except OSError as e:
-    raise SetupError(f"workdir {workdir} cannot be written ({e.strerror or e}); give a "
-                     "--workdir this user can write") from None
+    raise SetupError(
+        f"workdir {workdir} cannot be written ({e.strerror or e}); give a "
+        "--workdir this user can write"
+    ) from None
   needed = (int(keep_checkpoints) + 1) * int(checkpoint_bytes)
   free = shutil.disk_usage(workdir).free
   if free < needed:
@@ -236,14 +289,17 @@ def check_workdir(workdir: str, checkpoint_bytes: int, keep_checkpoints: int) ->
         f"workdir {workdir} has {free / 2**20:.0f} MiB free, but {keep_checkpoints} kept "
         f"checkpoints and the one being written need about {needed / 2**20:.0f} MiB "
         f"({checkpoint_bytes / 2**20:.0f} MiB each); free space, lower "
-        "--config.train.keep_checkpoints or use another --workdir")
+        "--config.train.keep_checkpoints or use another --workdir"
+    )
 
 
 def state_bytes(abstract_state) -> int:
   """Bytes of a train state's arrays (what one checkpoint stores, before compression)."""
-  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(abstract_state) if hasattr(x, "shape")
-             and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+  return sum(
+      int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+      for x in jax.tree.leaves(abstract_state)
+      if hasattr(x, "shape") and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+  )
 
 
 def ensure_dataset(config) -> None:
@@ -258,11 +314,14 @@ def ensure_dataset(config) -> None:
       t0 = time.time()
       if not console.verbosity_requested():
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
         tfds.disable_progress_bar()  # TFDS's own bars; --verbosity brings them back
       built = build_lib.build(name, config.data.data_dir)
       splits = sorted(built.info.splits.items())
-      console.say(f"built {name} in {time.time() - t0:.0f} s: " + ", ".join(
-          f"{split} {info.num_examples} pairs" for split, info in splits))
+      console.say(
+          f"built {name} in {time.time() - t0:.0f} s: "
+          + ", ".join(f"{split} {info.num_examples} pairs" for split, info in splits)
+      )
     if jax.process_count() > 1:
       multihost.barrier("synthetic_people built")
 
@@ -278,8 +337,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise SetupError(f"workdir {workdir} cannot be created ({e.strerror or e})") from None
   mesh = sharding_lib.create_mesh(config.mesh)
   check_batch_size(tcfg.batch_size, mesh)
-  console.say(f"mesh {dict(mesh.shape)} over {mesh.size} device(s) of kind "
-              f"{mesh.devices.flat[0].device_kind!r}, {jax.process_count()} process(es)")
+  console.say(
+      f"mesh {dict(mesh.shape)} over {mesh.size} device(s) of kind "
+      f"{mesh.devices.flat[0].device_kind!r}, {jax.process_count()} process(es)"
+  )
   # The abstract model is built outside the mesh context: its parameters carry logical axis
   # names, which the Trainer maps to mesh axes itself.
   trainer = Trainer(config, mesh)
@@ -287,14 +348,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ensure_dataset(config)
   with jax.set_mesh(mesh):
     train_iter, eval_data = pipeline.create_datasets(
-        config, trainer.batch_sharding,
-        eval_batch_size=max(sharding_lib.batch_size_divisor(mesh), tcfg.num_sample_pairs))
+        config,
+        trainer.batch_sharding,
+        eval_batch_size=max(sharding_lib.batch_size_divisor(mesh), tcfg.num_sample_pairs),
+    )
     ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"), config)
 
     # Resume order: this workdir's newest checkpoint, else given initial weights, else scratch.
     if ckpt.latest_step() is not None:
-      state = ckpt.restore_newest_readable(trainer.abstract_state, train_iter,
-                                           log=logging.warning)
+      state = ckpt.restore_newest_readable(trainer.abstract_state, train_iter, log=logging.warning)
       console.say(f"resumed from step {int(state.step)} of {ckpt.directory}")
     elif tcfg.init_checkpoint:
       # The network must be the same; another diffusion (say, fine-tuning eps weights as v) is
@@ -304,15 +366,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
       for line in checkpointing.config_mismatches(stored or {}, config, ("diffusion",)):
         logging.warning("init_checkpoint %s: %s", tcfg.init_checkpoint, line)
       params = checkpointing.restore_ema_params(
-          tcfg.init_checkpoint, config.model, mesh=mesh, config=config,
-          log=lambda message: console.say(f"warning: {message}"))
+          tcfg.init_checkpoint,
+          config.model,
+          mesh=mesh,
+          config=config,
+          log=lambda message: console.say(f"warning: {message}"),
+      )
       state = trainer.state_from_params(params, config.seed)
       console.say(f"initialised from {tcfg.init_checkpoint}")
     else:
       state = trainer.init_state(config.seed)
 
-    writer = (console.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
-              if jax.process_index() == 0 else None)
+    writer = (
+        console.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+        if jax.process_index() == 0
+        else None
+    )
     start = int(state.step)
     if writer is not None and start == 0:
       writer.text("parameters", parameter_overview.get_parameter_overview(state.params))
@@ -347,7 +416,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             ckpt.wait()
             raise FloatingPointError(
                 f"non-finite loss or gradient at step {bad[0]}; the last good checkpoint is "
-                f"step {ckpt.latest_step()} in {ckpt.directory}")
+                f"step {ckpt.latest_step()} in {ckpt.directory}"
+            )
           now = time.time()
           rate = progress.rate(step)
           if rate is None:  # no stepping time measured yet (the first interval): wall clock
@@ -360,14 +430,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
           summary.update(means, step=step)
           if writer is not None:
             writer.scalars(step, means)
-          console.say(progress.line(step, rate, loss=means["loss"], mse=means["mse"],
-                                    vb=means["vb"]))
+          console.say(
+              progress.line(step, rate, loss=means["loss"], mse=means["mse"], vb=means["vb"])
+          )
         stop = preempt.stop_now(step, log_step=bool(log_now or save_now))
         if save_now or stop:
           with progress.paused():
             ckpt.save(step, state, train_iter, force=stop)
-        if (sample_batch is not None and tcfg.sample_every and step % tcfg.sample_every == 0
-            and step < tcfg.num_train_steps):
+        if (
+            sample_batch is not None
+            and tcfg.sample_every
+            and step % tcfg.sample_every == 0
+            and step < tcfg.num_train_steps
+        ):
           with progress.paused():
             _evaluate_and_log(evaluator, trainer, state, sample_batch, step, workdir, writer)
         if stop:
@@ -383,8 +458,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       ckpt.wait()
       if sample_batch is not None:
         t_sample = time.time()
-        summary.update(_evaluate_and_log(evaluator, trainer, state, sample_batch, step, workdir,
-                                         writer))
+        summary.update(
+            _evaluate_and_log(evaluator, trainer, state, sample_batch, step, workdir, writer)
+        )
         summary["eval_seconds"] = time.time() - t_sample
     ckpt.close()
     if writer is not None:
@@ -411,15 +487,19 @@ def _finish_saves_on_error(ckpt):
 def _write_summary(workdir: str, summary: dict) -> None:
   """``<workdir>/summary.json``: the run's final figures, for scripts (process 0)."""
   path = os.path.join(workdir, "summary.json")
-  values = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
-            for k, v in summary.items() if isinstance(v, (int, float, str, bool, np.number))}
+  values = {
+      k: (float(v) if isinstance(v, (float, np.floating)) else v)
+      for k, v in summary.items()
+      if isinstance(v, (int, float, str, bool, np.number))
+  }
   with open(path + ".tmp", "w") as f:
     json.dump(values, f, indent=2, sort_keys=True)
   os.replace(path + ".tmp", path)
 
 
-def _evaluate_and_log(evaluator, trainer: Trainer, state: TrainState, pairs: dict, step: int,
-                      workdir: str, writer) -> dict:
+def _evaluate_and_log(
+    evaluator, trainer: Trainer, state: TrainState, pairs: dict, step: int, workdir: str, writer
+) -> dict:
   """Evaluates the EMA model on the fixed test pairs; logs the figures and grids (process 0)."""
   metrics, grids = evaluator.evaluate(trainer.model_from_params(state.ema_params), pairs)
   if writer is not None:

@@ -22,29 +22,32 @@ run = _load("run")
 peaks = run.peaks
 
 
-@pytest.mark.parametrize("kind, platform, name, peak", [
-    ("NVIDIA H100 80GB HBM3", "gpu", "H100 SXM", 989.0),
-    ("NVIDIA H100 PCIe", "gpu", "H100 PCIe", 756.0),
-    ("NVIDIA H100 NVL", "gpu", "H100 NVL", 835.0),
-    ("NVIDIA H200", "gpu", "H200 SXM", 989.0),
-    ("NVIDIA H200 NVL", "gpu", "H200 NVL", 835.0),
-    ("NVIDIA B200", "gpu", "B200", 2250.0),
-    ("NVIDIA A100-SXM4-40GB", "gpu", "A100", 312.0),
-    ("NVIDIA A100-SXM4-80GB", "gpu", "A100", 312.0),
-    ("NVIDIA A100-PCIE-40GB", "gpu", "A100", 312.0),
-    ("NVIDIA A100 80GB PCIe", "gpu", "A100", 312.0),
-    ("TPU v4", "tpu", "TPU v4", 275.0),
-    ("TPU v5 lite", "tpu", "TPU v5e", 197.0),
-    ("TPU v5", "tpu", "TPU v5p", 459.0),
-    ("TPU v5p", "tpu", "TPU v5p", 459.0),
-    ("TPU v6 lite", "tpu", "TPU v6e", 918.0),
-    ("TPU7x", "tpu", "TPU7x", 2307.0),
-    # unknown kinds get no peak, also those that merely contain a known name
-    ("NVIDIA GeForce RTX 4090", "gpu", "NVIDIA GeForce RTX 4090", None),
-    ("NVIDIA H100 PCIe MIG 1g.10gb", "gpu", "NVIDIA H100 PCIe MIG 1g.10gb", None),
-    ("NVIDIA H1000", "gpu", "NVIDIA H1000", None),
-    ("TPU v4 lite", "tpu", "TPU v4 lite", None),
-])
+@pytest.mark.parametrize(
+    "kind, platform, name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", "gpu", "H100 SXM", 989.0),
+        ("NVIDIA H100 PCIe", "gpu", "H100 PCIe", 756.0),
+        ("NVIDIA H100 NVL", "gpu", "H100 NVL", 835.0),
+        ("NVIDIA H200", "gpu", "H200 SXM", 989.0),
+        ("NVIDIA H200 NVL", "gpu", "H200 NVL", 835.0),
+        ("NVIDIA B200", "gpu", "B200", 2250.0),
+        ("NVIDIA A100-SXM4-40GB", "gpu", "A100", 312.0),
+        ("NVIDIA A100-SXM4-80GB", "gpu", "A100", 312.0),
+        ("NVIDIA A100-PCIE-40GB", "gpu", "A100", 312.0),
+        ("NVIDIA A100 80GB PCIe", "gpu", "A100", 312.0),
+        ("TPU v4", "tpu", "TPU v4", 275.0),
+        ("TPU v5 lite", "tpu", "TPU v5e", 197.0),
+        ("TPU v5", "tpu", "TPU v5p", 459.0),
+        ("TPU v5p", "tpu", "TPU v5p", 459.0),
+        ("TPU v6 lite", "tpu", "TPU v6e", 918.0),
+        ("TPU7x", "tpu", "TPU7x", 2307.0),
+        # unknown kinds get no peak, also those that merely contain a known name
+        ("NVIDIA GeForce RTX 4090", "gpu", "NVIDIA GeForce RTX 4090", None),
+        ("NVIDIA H100 PCIe MIG 1g.10gb", "gpu", "NVIDIA H100 PCIe MIG 1g.10gb", None),
+        ("NVIDIA H1000", "gpu", "NVIDIA H1000", None),
+        ("TPU v4 lite", "tpu", "TPU v4 lite", None),
+    ],
+)
 def test_peak_table(kind, platform, name, peak):
   assert peaks.peak_tflops(kind, platform) == (name, peak)
 
@@ -56,6 +59,7 @@ def test_cpu_peak_comes_from_the_command_line():
 
 def test_model_flops_of_the_paper_network():
   from configs import default, tiny
+
   assert peaks.is_paper_model(default.get_config().model)
   assert not peaks.is_paper_model(tiny.get_config().model)
   assert peaks.paper_train_flops(64, (256, 256)) == pytest.approx(64 * 2.1e12)
@@ -67,34 +71,58 @@ def test_model_flops_of_the_paper_network():
 
 def test_training_figures_and_results_row(tmp_path):
   # 64 samples of the paper net in 1 s on 8 H100s: 134.4 TFLOP / 8 = 16.8 TFLOP/s per device.
-  fig = run.training_figures(step_s=1.0, batch_size=64, num_devices=8,
-                             xla_flops_per_device=20e12, model_flops_per_step=64 * 2.1e12,
-                             peak_per_device=989.0)
+  fig = run.training_figures(
+      step_s=1.0,
+      batch_size=64,
+      num_devices=8,
+      xla_flops_per_device=20e12,
+      model_flops_per_step=64 * 2.1e12,
+      peak_per_device=989.0,
+  )
   assert fig["samples_per_s"] == 64
   assert fig["model_tflops_per_device"] == pytest.approx(16.8)
   assert fig["model_utilisation"] == pytest.approx(16.8 / 989)
   assert fig["xla_tflops_per_device"] == pytest.approx(20.0)
-  no_peak = run.training_figures(step_s=2.0, batch_size=4, num_devices=1,
-                                 xla_flops_per_device=None, model_flops_per_step=None,
-                                 peak_per_device=None)
+  no_peak = run.training_figures(
+      step_s=2.0,
+      batch_size=4,
+      num_devices=1,
+      xla_flops_per_device=None,
+      model_flops_per_step=None,
+      peak_per_device=None,
+  )
   assert no_peak["xla_utilisation"] is None and no_peak["model_tflops_per_device"] is None
 
   record = {
-      "date": "2026-01-02T03:04:05+00:00", "config_name": "configs/tiny.py",
-      "overrides": ["--config.train.batch_size=4"], "skipped": ["pipeline"], "note": "a|b",
-      "pipeline_reported": "60", "config": {"data": {"image_size": [32, 32]}},
+      "date": "2026-01-02T03:04:05+00:00",
+      "config_name": "configs/tiny.py",
+      "overrides": ["--config.train.batch_size=4"],
+      "skipped": ["pipeline"],
+      "note": "a|b",
+      "pipeline_reported": "60",
+      "config": {"data": {"image_size": [32, 32]}},
       "environment": {"device": "H100", "device_count": 8, "jax": "0.1", "flax": "0.2"},
       "train": dict(fig, batch_size=64, lower_s=1.0, compile_s=2.0, peak_memory_bytes=2**31),
-      "sample": {"steps": 50, "guidance_scale": 2.0,
-                 "throughput": {"batch": 64, "images_per_s": 5.0, "first_call_s": 30.0},
-                 "latency": {"batch": 1, "latency_s": 1.5, "first_call_s": 20.0}},
+      "sample": {
+          "steps": 50,
+          "guidance_scale": 2.0,
+          "throughput": {"batch": 64, "images_per_s": 5.0, "first_call_s": 30.0},
+          "latency": {"batch": 1, "latency_s": 1.5, "first_call_s": 20.0},
+      },
   }
   row = run.results_row(record)
   cells = [c.strip() for c in row.strip("|").split("|")]
   header = [c.strip() for c in run.RESULTS_HEADER.strip("|").split("|")]
   assert len(cells) == len(header)
-  assert cells[:7] == ["2026-01-02 03:04", "H100", "8", "0.1 / 0.2",
-                       "configs/tiny.py --config.train.batch_size=4", "32x32", "64"]
+  assert cells[:7] == [
+      "2026-01-02 03:04",
+      "H100",
+      "8",
+      "0.1 / 0.2",
+      "configs/tiny.py --config.train.batch_size=4",
+      "32x32",
+      "64",
+  ]
   assert cells[9] == "1.0 + 2.0"
   assert cells[11] == "16.8 (1.7%)"
   assert cells[12] == "2.00 GiB"
@@ -121,6 +149,7 @@ def test_median_seconds_stops_at_the_time_budget(monkeypatch):
     def fn():
       calls.append(duration)
       clock["now"] += duration
+
     return fn
 
   median, times = run.median_seconds(call(2.0), repeats=10)  # no budget: every repeat

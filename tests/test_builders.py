@@ -45,8 +45,7 @@ def _write_csv_annotation(path, keypoints):
 
 def _build(name, tmp_path, manual_dir):
   b = build.build(name, str(tmp_path / "data"), str(manual_dir))
-  split = lambda s: tfds.data_source(name, split=s, data_dir=str(tmp_path / "data"),
-                                     download=False)
+  split = lambda s: tfds.data_source(name, split=s, data_dir=str(tmp_path / "data"), download=False)
   return b, split
 
 
@@ -58,8 +57,9 @@ def _text(value):
 # DeepFashion
 
 
-PIDM_NAMES = [f"img/WOMEN/Dresses/id_0000{p}00{p}/0{k}_{k + 1}_front.jpg"
-              for p in (1, 2) for k in range(3)]
+PIDM_NAMES = [
+    f"img/WOMEN/Dresses/id_0000{p}00{p}/0{k}_{k + 1}_front.jpg" for p in (1, 2) for k in range(3)
+]
 
 
 def _pidm_folder(root):
@@ -81,15 +81,24 @@ def test_deep_fashion_pidm_layout(tmp_path):
   train, test = split("train"), split("test")
   # One record per (target, source) listed, in file order; ids with .png as the official keys.
   png = lambda i: PIDM_NAMES[i].replace(".jpg", ".png")
-  got = [(_text(r["source_id"]), _text(r["target_id"]), _text(r["person_id"]))
-         for r in (train[i] for i in range(len(train)))]
-  assert got == [(png(1), png(0), "id_00001001"), (png(2), png(0), "id_00001001"),
-                 (png(4), png(3), "id_00002002")]
+  got = [
+      (_text(r["source_id"]), _text(r["target_id"]), _text(r["person_id"]))
+      for r in (train[i] for i in range(len(train)))
+  ]
+  assert got == [
+      (png(1), png(0), "id_00001001"),
+      (png(2), png(0), "id_00001001"),
+      (png(4), png(3), "id_00002002"),
+  ]
   assert len(test) == 1 and _text(test[0]["source_id"]) == png(3)
   record = train[2]
   assert record["source_image"].shape == (256, 256, 3) and record["source_image"].dtype == np.uint8
-  np.testing.assert_array_equal(record["source_image"], _stretched(manual / PIDM_NAMES[4], 256, 256))
-  np.testing.assert_array_equal(record["target_image"], _stretched(manual / PIDM_NAMES[3], 256, 256))
+  np.testing.assert_array_equal(
+      record["source_image"], _stretched(manual / PIDM_NAMES[4], 256, 256)
+  )
+  np.testing.assert_array_equal(
+      record["target_image"], _stretched(manual / PIDM_NAMES[3], 256, 256)
+  )
   # x' = (x - 40) * 256 / 176, y' = y; missing joints stay -1.
   expected = pose.deepfashion_to_frame(_keypoints(3, 256, 256), 256, 256).astype(np.float32)
   np.testing.assert_allclose(record["target_keypoints"], expected, rtol=0, atol=1e-4)
@@ -98,8 +107,11 @@ def test_deep_fashion_pidm_layout(tmp_path):
 
 def test_deep_fashion_gfla_layout(tmp_path):
   manual = tmp_path / "manual"
-  names = ["fashionWOMENDressesid0000100101_1front.jpg", "fashionWOMENDressesid0000100102_2side.jpg",
-           "fashionMENTeesid0000200201_1front.jpg"]
+  names = [
+      "fashionWOMENDressesid0000100101_1front.jpg",
+      "fashionWOMENDressesid0000100102_2side.jpg",
+      "fashionMENTeesid0000200201_1front.jpg",
+  ]
   annotations = {}
   for i, name in enumerate(names):
     _save_image(str(manual / "train" / name), i, 176, 256)
@@ -107,15 +119,21 @@ def test_deep_fashion_gfla_layout(tmp_path):
   _write_csv_annotation(manual / "fasion-annotation-train.csv", annotations)
   # GFLA's pair files carry a pandas index column.
   (manual / "fasion-pairs-train.csv").write_text(
-      f",from,to\n0,{names[0]},{names[1]}\n1,{names[1]},{names[0]}\n2,{names[2]},{names[2]}\n")
+      f",from,to\n0,{names[0]},{names[1]}\n1,{names[1]},{names[0]}\n2,{names[2]},{names[2]}\n"
+  )
   b, split = _build("deep_fashion/res256", tmp_path, manual)
   assert list(b.info.splits) == ["train"]
   train = split("train")
   assert len(train) == 3
   r = train[0]
   assert (_text(r["source_id"]), _text(r["target_id"]), _text(r["person_id"])) == (
-      names[0], names[1], "id_00001001")
-  np.testing.assert_array_equal(r["source_image"], _stretched(manual / "train" / names[0], 256, 256))
+      names[0],
+      names[1],
+      "id_00001001",
+  )
+  np.testing.assert_array_equal(
+      r["source_image"], _stretched(manual / "train" / names[0], 256, 256)
+  )
   # 256x176 frame -> 256x256: x * 256 / 176.
   kp = annotations[names[1]]
   expected = np.where(kp == -1, -1, kp * [256 / 176, 1.0])
@@ -149,7 +167,10 @@ def test_deep_fashion_unreadable_image_stops_the_build(tmp_path):
   manual = tmp_path / "manual"
   _pidm_folder(manual)
   (manual / PIDM_NAMES[4]).write_bytes(b"not an image")
-  with pytest.raises(manual_data.BuildError, match=r"1 unreadable images: .*id_00002002/01_2_front\.jpg \(UnidentifiedImageError\)"):
+  with pytest.raises(
+      manual_data.BuildError,
+      match=r"1 unreadable images: .*id_00002002/01_2_front\.jpg \(UnidentifiedImageError\)",
+  ):
     build.build("deep_fashion/res256", str(tmp_path / "data"), str(manual))
   assert not os.path.isdir(tmp_path / "data" / "deep_fashion" / "res256" / "1.0.0")
 
@@ -167,19 +188,27 @@ def test_deep_fashion_unknown_layout(tmp_path):
 
 def test_market1501(tmp_path):
   manual = tmp_path / "manual"
-  names = ["0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg", "0007_c1s6_028546_01.jpg",
-           "0007_c3s3_077419_03.jpg"]
+  names = [
+      "0002_c1s1_000451_03.jpg",
+      "0002_c2s1_000301_01.jpg",
+      "0007_c1s6_028546_01.jpg",
+      "0007_c3s3_077419_03.jpg",
+  ]
   annotations = {}
   for i, name in enumerate(names):
     _save_image(str(manual / "bounding_box_test" / name), i, 64, 128)
     annotations[name] = _keypoints(20 + i, 64, 128)
   _write_csv_annotation(manual / "market-annotation-test.csv", annotations)
   (manual / "market-pairs-test.csv").write_text(
-      f"from,to\n{names[0]},{names[1]}\n{names[2]},{names[3]}\n{names[3]},{names[2]}\n")
+      f"from,to\n{names[0]},{names[1]}\n{names[2]},{names[3]}\n{names[3]},{names[2]}\n"
+  )
   _, split = _build("market1501/res128x64", tmp_path, manual)
   test = split("test")
   assert [(_text(r["target_id"]), _text(r["person_id"])) for r in (test[i] for i in range(3))] == [
-      (names[1], "0002"), (names[3], "0007"), (names[2], "0007")]
+      (names[1], "0002"),
+      (names[3], "0007"),
+      (names[2], "0007"),
+  ]
   r = test[1]
   assert r["source_image"].shape == (128, 64, 3)
   with Image.open(manual / "bounding_box_test" / names[2]) as img:
@@ -194,7 +223,8 @@ def test_market1501_lists_pairs_without_keypoints(tmp_path):
     _save_image(str(manual / "train" / name), i, 64, 128)
   _write_csv_annotation(manual / "market-annotation-train.csv", {names[0]: _keypoints(0, 64, 128)})
   (manual / "market-pairs-train.csv").write_text(
-      f"from,to\n{names[0]},{names[1]}\n{names[0]},0009_c1s1_000001_01.jpg\n")
+      f"from,to\n{names[0]},{names[1]}\n{names[0]},0009_c1s1_000001_01.jpg\n"
+  )
   with pytest.raises(manual_data.BuildError) as info:
     build.build("market1501/res128x64", str(tmp_path / "data"), str(manual))
   message = str(info.value)
@@ -209,8 +239,12 @@ def test_market1501_lists_pairs_without_keypoints(tmp_path):
 
 def _own_folder(root):
   """Images of several sizes with .txt / .json / .npy keypoints in their own pixel frames."""
-  specs = {"alice/front.png": (40, 60), "alice/back.jpg": (30, 50), "bob/a.png": (64, 64),
-           "bob/b.png": (20, 36)}
+  specs = {
+      "alice/front.png": (40, 60),
+      "alice/back.jpg": (30, 50),
+      "bob/a.png": (64, 64),
+      "bob/b.png": (20, 36),
+  }
   keypoints = {}
   for i, (name, (w, h)) in enumerate(specs.items()):
     _save_image(str(root / "images" / name), 30 + i, w, h)
@@ -226,7 +260,8 @@ def _own_folder(root):
     else:
       np.save(f"{stem}.npy", kp)
   (root / "train_pairs.csv").write_text(
-      "from,to\nalice/front.png,alice/back.jpg\nbob/a.png,bob/b.png\nbob/b.png,bob/a.png\n")
+      "from,to\nalice/front.png,alice/back.jpg\nbob/a.png,bob/b.png\nbob/b.png,bob/a.png\n"
+  )
   (root / "test_pairs.txt").write_text("alice/back.jpg,alice/front.png\n")
   return specs, keypoints
 
@@ -238,8 +273,13 @@ def test_person_folder(tmp_path):
   assert sorted(b.info.splits) == ["test", "train"]
   train = split("train")
   assert len(train) == 3 and len(split("test")) == 1
-  for i, (source, target) in enumerate([("alice/front.png", "alice/back.jpg"),
-                                        ("bob/a.png", "bob/b.png"), ("bob/b.png", "bob/a.png")]):
+  for i, (source, target) in enumerate(
+      [
+          ("alice/front.png", "alice/back.jpg"),
+          ("bob/a.png", "bob/b.png"),
+          ("bob/b.png", "bob/a.png"),
+      ]
+  ):
     r = train[i]
     assert (_text(r["source_id"]), _text(r["target_id"])) == (source, target)
     assert _text(r["person_id"]) == target.split("/")[0]
@@ -274,7 +314,10 @@ def test_person_folder_malformed_keypoints(tmp_path):
 def test_pair_file_readers(tmp_path):
   (tmp_path / "p.txt").write_text("t.jpg,s1.jpg,s2.jpg\n\nu.jpg,v.jpg\n")
   assert manual_data.read_pairs_txt(tmp_path / "p.txt") == [
-      ("s1.jpg", "t.jpg"), ("s2.jpg", "t.jpg"), ("v.jpg", "u.jpg")]
+      ("s1.jpg", "t.jpg"),
+      ("s2.jpg", "t.jpg"),
+      ("v.jpg", "u.jpg"),
+  ]
   (tmp_path / "bad.txt").write_text("t.jpg\n")
   with pytest.raises(manual_data.BuildError, match="bad.txt line 1"):
     manual_data.read_pairs_txt(tmp_path / "bad.txt")

@@ -42,8 +42,10 @@ def test_a_different_diffusion_or_network_is_refused_one_line_per_field(v_checkp
   wider.diffusion.prediction = "v"
   wider.model.channel_mult = (1, 2, 2)
   lines = checkpointing.config_mismatches(checkpointing.read_config_json(directory), wider)
-  assert lines == [f"model.channel_mult: stored {list(config.model.channel_mult)!r}, "
-                   f"given {list(wider.model.channel_mult)!r}"]
+  assert lines == [
+      f"model.channel_mult: stored {list(config.model.channel_mult)!r}, "
+      f"given {list(wider.model.channel_mult)!r}"
+  ]
 
 
 def test_the_runs_own_config_and_runtime_fields_pass(v_checkpoint):

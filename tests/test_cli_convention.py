@@ -14,20 +14,30 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
 COMMANDS = [
     (["train.py"], "--workdir", [f"--config={TINY}", "--workdir=unused", "--config.nonsense=1"]),
     (["sample.py"], "--pose_frame", [f"--config={TINY}", "--config.sample.nonsense=1"]),
-    (["-m", "pidm_jax.generate"], "--source_swap_pairs",
-     [f"--config={TINY}", "--checkpoint=x", "--out=y", "--config.model.nonsense=1"]),
-    (["-m", "pidm_jax.convert"], "--to_torch",
-     ["--checkpoint=x", "--output=y", f"--config={TINY}", "--config.nonsense=1"]),
-    (["-m", "pidm_jax.evaluate"], "--ground_truth", ["--generated=x", "--ground_truth=y",
-                                                     "--nonsense=1"]),
+    (
+        ["-m", "pidm_jax.generate"],
+        "--source_swap_pairs",
+        [f"--config={TINY}", "--checkpoint=x", "--out=y", "--config.model.nonsense=1"],
+    ),
+    (
+        ["-m", "pidm_jax.convert"],
+        "--to_torch",
+        ["--checkpoint=x", "--output=y", f"--config={TINY}", "--config.nonsense=1"],
+    ),
+    (
+        ["-m", "pidm_jax.evaluate"],
+        "--ground_truth",
+        ["--generated=x", "--ground_truth=y", "--nonsense=1"],
+    ),
     (["-m", "input_pipeline.build"], "--manual_dir", ["--dataset=x", "--nonsense=1"]),
 ]
 
 
 def _run(args):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+      [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
 
 
 @pytest.mark.parametrize("command, listed, bad", COMMANDS, ids=[c[-1] for c, _, _ in COMMANDS])

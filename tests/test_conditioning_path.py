@@ -58,8 +58,12 @@ def _colour_pairs(rng, n):
   solid = np.broadcast_to(colour, (n, SIZE, SIZE, 3))
   noisy = lambda: np.clip(solid + rng.normal(0, 0.1, solid.shape), -1, 1).astype(np.float32)
   pose = np.zeros((n, SIZE, SIZE, 20), np.float32)
-  return {"source_image": noisy(), "target_image": noisy(), "source_pose": pose,
-          "target_pose": pose}
+  return {
+      "source_image": noisy(),
+      "target_image": noisy(),
+      "source_pose": pose,
+      "target_pose": pose,
+  }
 
 
 def _train_and_measure():
@@ -80,10 +84,19 @@ def _train_and_measure():
 
     def errors(p):
       model = trainer.model_from_params(p, train=False)
-      return [float(e) for e in source_swap.high_noise_x0_error(
-          model, trainer.diffusion, jnp.asarray(test["source_image"]), jnp.asarray(swapped),
-          jnp.asarray(test["target_pose"]), jnp.asarray(test["target_image"]), region,
-          jax.random.key(0))]
+      return [
+          float(e)
+          for e in source_swap.high_noise_x0_error(
+              model,
+              trainer.diffusion,
+              jnp.asarray(test["source_image"]),
+              jnp.asarray(swapped),
+              jnp.asarray(test["target_pose"]),
+              jnp.asarray(test["target_image"]),
+              region,
+              jax.random.key(0),
+          )
+      ]
 
     own, other = errors(params)
     own_initial_encoder, _ = errors(dict(params, encoder=initial_encoder))
@@ -102,14 +115,18 @@ def _encoder_learned(ratio):
 def test_encoder_and_cross_attention_learn_a_task_only_the_source_answers(cut, monkeypatch):
   if cut == "encoder_gradient":
     call = encoder_lib.TextureEncoder.__call__
-    monkeypatch.setattr(encoder_lib.TextureEncoder, "__call__",
-                        lambda self, source: tuple(jax.lax.stop_gradient(f)
-                                                   for f in call(self, source)))
+    monkeypatch.setattr(
+        encoder_lib.TextureEncoder,
+        "__call__",
+        lambda self, source: tuple(jax.lax.stop_gradient(f) for f in call(self, source)),
+    )
   elif cut == "cross_attention_output":
     monkeypatch.setattr(layers.CrossAttention, "__call__", lambda self, x, context: x)
   own_over_swapped, initial_over_trained = _train_and_measure()
-  print(f"cut={cut}: own/swapped x0 error {own_over_swapped:.3f}, "
-        f"initial/trained encoder {initial_over_trained:.3f}")
+  print(
+      f"cut={cut}: own/swapped x0 error {own_over_swapped:.3f}, "
+      f"initial/trained encoder {initial_over_trained:.3f}"
+  )
   if cut == "none":
     assert _uses_source(own_over_swapped), own_over_swapped
     assert _encoder_learned(initial_over_trained), initial_over_trained

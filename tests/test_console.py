@@ -49,6 +49,7 @@ def test_multi_process_environment():
 
 def test_third_party_info_is_quiet_by_default():
   from absl import logging as absl_logging
+
   before = absl_logging.get_verbosity()
   try:
     console.quiet_third_party()
@@ -71,9 +72,17 @@ def test_the_checkpoints_config_is_the_default():
   stored = console.stored_config_path()
   assert stored.endswith("configs/stored.py")
   assert console.default_to_stored_config(["s", "--checkpoint=ck", "--config.sample.steps=5"]) == [
-      "s", f"--config={stored}:ck", "--checkpoint=ck", "--config.sample.steps=5"]
+      "s",
+      f"--config={stored}:ck",
+      "--checkpoint=ck",
+      "--config.sample.steps=5",
+  ]
   assert console.default_to_stored_config(["s", "--checkpoint", "ck"]) == [
-      "s", f"--config={stored}:ck", "--checkpoint", "ck"]
+      "s",
+      f"--config={stored}:ck",
+      "--checkpoint",
+      "ck",
+  ]
   given = ["s", "--config=configs/tiny.py", "--checkpoint=ck"]
   assert console.default_to_stored_config(given) == given
   assert console.default_to_stored_config(["s", "--source=a.jpg"]) == ["s", "--source=a.jpg"]
@@ -83,6 +92,7 @@ def test_stored_config_keeps_field_types(tmp_path):
   import json
   from configs import small, stored
   from pidm_jax import checkpointing
+
   config = small.get_config()
   (tmp_path / "config.json").write_text(json.dumps(checkpointing.config_to_json(config)))
   back = stored.get_config(str(tmp_path))

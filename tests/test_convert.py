@@ -118,14 +118,23 @@ def test_tensor_reading_past_its_storage_is_rejected(tmp_path):
     convert.load_torch_checkpoint(path)
 
 
-@pytest.mark.parametrize("module,name", [
-    ("os", "system"), ("posix", "system"), ("builtins", "eval"), ("__builtin__", "exec"),
-    ("subprocess", "Popen"), ("builtins", "getattr"), ("importlib", "import_module"),
-])
+@pytest.mark.parametrize(
+    "module,name",
+    [
+        ("os", "system"),
+        ("posix", "system"),
+        ("builtins", "eval"),
+        ("__builtin__", "exec"),
+        ("subprocess", "Popen"),
+        ("builtins", "getattr"),
+        ("importlib", "import_module"),
+    ],
+)
 def test_malicious_pickle_is_refused_without_running(tmp_path, module, name):
   marker = tmp_path / "pwned"
-  command = f"open({str(marker)!r}, 'w').write('x')" if name in ("eval", "exec") else (
-      f"touch {marker}")
+  command = (
+      f"open({str(marker)!r}, 'w').write('x')" if name in ("eval", "exec") else (f"touch {marker}")
+  )
   ops = _Ops().raw(b"}(").str_("ok").tensor("FloatStorage", "0", 1, 0, (1,), (1,))
   ops.str_("evil").global_(module, name).raw(b"(").str_(command).raw(b"tR").raw(b"u")
   path = tmp_path / "evil.pt"
@@ -138,8 +147,9 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, module, name):
 def test_malicious_legacy_stream_is_refused(tmp_path):
   marker = tmp_path / "pwned"
   path = tmp_path / "evil_legacy.pt"
-  path.write_bytes(_Ops().global_("os", "system").raw(b"(").str_(f"touch {marker}")
-                   .raw(b"tR").done())
+  path.write_bytes(
+      _Ops().global_("os", "system").raw(b"(").str_(f"touch {marker}").raw(b"tR").done()
+  )
   with pytest.raises(convert.UnsafePickleError):
     convert.load_torch_checkpoint(path)
   assert not marker.exists()
@@ -173,9 +183,11 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_safetensors_round_trip(tmp_path):
-  tensors = {"a.weight": np.random.default_rng(0).normal(size=(3, 2, 1)).astype(np.float32),
-             "b": np.array([1, 2], np.int64),
-             "c": np.array([0.25, 2.0], ml_dtypes.bfloat16)}
+  tensors = {
+      "a.weight": np.random.default_rng(0).normal(size=(3, 2, 1)).astype(np.float32),
+      "b": np.array([1, 2], np.int64),
+      "c": np.array([0.25, 2.0], ml_dtypes.bfloat16),
+  }
   path = tmp_path / "x.safetensors"
   convert.save_safetensors(path, tensors, metadata={"format": "pt"})
   raw = path.read_bytes()
@@ -198,6 +210,7 @@ def _unimportable_conf_class():
   module = types.ModuleType("pidm_test_tensorfn_config")
 
   class DiffusionConfig:
+
     def __init__(self):
       self.n_iter = 2_400_000
       self.tags = {"a", "b"}
@@ -216,14 +229,25 @@ def test_torch_save_checkpoint_with_unimportable_conf_loads(tmp_path, zip_format
   sys.modules[module.__name__] = module
   gen = torch.Generator().manual_seed(0)
   w = torch.randn(4, 3, 3, 3, generator=gen)
-  sd = {"conv.weight": w, "conv.weight_t": w.permute(1, 0, 2, 3), "row": w[1, 2],
-        "half": torch.randn(5, generator=gen).half(),
-        "bf16": torch.randn(2, 3, generator=gen).bfloat16(),
-        "steps": torch.tensor([1, 2, 3]), "mask": torch.tensor([True, False])}
+  sd = {
+      "conv.weight": w,
+      "conv.weight_t": w.permute(1, 0, 2, 3),
+      "row": w[1, 2],
+      "half": torch.randn(5, generator=gen).half(),
+      "bf16": torch.randn(2, 3, generator=gen).bfloat16(),
+      "steps": torch.tensor([1, 2, 3]),
+      "mask": torch.tensor([True, False]),
+  }
   module_sd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4)).state_dict()
-  ckpt = {"model": sd, "ema": {k: v.clone() for k, v in sd.items()}, "module": module_sd,
-          "param": torch.nn.Parameter(torch.ones(2)), "conf": conf_cls(),
-          "scheduler": {"step": 7}, "optimizer": {"state": {}, "param_groups": [{"lr": 2e-5}]}}
+  ckpt = {
+      "model": sd,
+      "ema": {k: v.clone() for k, v in sd.items()},
+      "module": module_sd,
+      "param": torch.nn.Parameter(torch.ones(2)),
+      "conf": conf_cls(),
+      "scheduler": {"step": 7},
+      "optimizer": {"state": {}, "param_groups": [{"lr": 2e-5}]},
+  }
   path = tmp_path / "last.pt"
   try:
     torch.save(ckpt, path, _use_new_zipfile_serialization=zip_format)
@@ -260,6 +284,7 @@ TSV = __import__("pathlib").Path(__file__).parent / "data" / "pidm_state_dict_ke
 
 def _tiny_config():
   from configs import tiny
+
   return tiny.get_config().model
 
 
@@ -268,8 +293,9 @@ def _random_official(layout, seed=0):
   rng = np.random.default_rng(seed)
   sd = {}
   for t in layout:
-    norm = (any(part in t.key for part in (".in_layers.0.", ".out_layers.0.", ".norm."))
-            or t.key.startswith("out.0."))
+    norm = any(
+        part in t.key for part in (".in_layers.0.", ".out_layers.0.", ".norm.")
+    ) or t.key.startswith("out.0.")
     if len(t.shape) == 1:
       value = (1.0 if norm and t.key.endswith("weight") else 0.0) + 0.2 * rng.normal(size=t.shape)
     else:
@@ -292,8 +318,12 @@ def tiny():
 def test_official_layout_matches_the_reference_key_list():
   """The paper config's layout is exactly the official state_dict: 852 keys, order, shapes."""
   from configs import default
-  rows = [line.rstrip("\n").split("\t") for line in TSV.read_text().splitlines(True)
-          if line.strip() and not line.startswith("#")][1:]
+
+  rows = [
+      line.rstrip("\n").split("\t")
+      for line in TSV.read_text().splitlines(True)
+      if line.strip() and not line.startswith("#")
+  ][1:]
   layout = convert.official_layout(default.get_config().model)
   assert [t.key for t in layout] == [r[0] for r in rows]
   assert len(layout) == 852
@@ -338,8 +368,11 @@ def test_round_trip_through_export_is_exact(tiny):
 
 def test_half_precision_and_ddp_prefix(tiny):
   cfg, sd, _ = tiny
-  ckpt = {"ema": {"module." + k: v.astype(ml_dtypes.bfloat16) for k, v in sd.items()},
-          "model": {}, "conf": None}
+  ckpt = {
+      "ema": {"module." + k: v.astype(ml_dtypes.bfloat16) for k, v in sd.items()},
+      "model": {},
+      "conf": None,
+  }
   picked = convert.select_state_dict(ckpt)
   assert set(picked) == set(sd)
   params = convert.official_to_params(picked, cfg)
@@ -392,8 +425,13 @@ def _t_conv2d(x, w, b):
   p = k // 2
   _, _, h, wd = x.shape
   xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-  out = sum(np.einsum("bihw,oi->bohw", xp[:, :, dy:dy + h, dx:dx + wd], w[:, :, dy, dx],
-                      optimize=True) for dy in range(k) for dx in range(k))
+  out = sum(
+      np.einsum(
+          "bihw,oi->bohw", xp[:, :, dy : dy + h, dx : dx + wd], w[:, :, dy, dx], optimize=True
+      )
+      for dy in range(k)
+      for dx in range(k)
+  )
   return out + b[None, :, None, None]
 
 
@@ -439,8 +477,9 @@ def _t_resblock(sd, key, x, emb, resample=None):
   h = _t_conv2d(h, _p(sd, f"{key}.in_layers.2.weight"), _p(sd, f"{key}.in_layers.2.bias"))
   h = _t_group_norm(h, _p(sd, f"{key}.out_layers.0.weight"), _p(sd, f"{key}.out_layers.0.bias"))
   if emb is not None:
-    e = _t_linear(_silu(emb), _p(sd, f"{key}.emb_layers.1.weight"),
-                  _p(sd, f"{key}.emb_layers.1.bias"))
+    e = _t_linear(
+        _silu(emb), _p(sd, f"{key}.emb_layers.1.weight"), _p(sd, f"{key}.emb_layers.1.bias")
+    )
     c = h.shape[1]
     h = h * (1 + e[:, :c, None, None]) + e[:, c:, None, None]
   h = _t_conv2d(_silu(h), _p(sd, f"{key}.out_layers.3.weight"), _p(sd, f"{key}.out_layers.3.bias"))
@@ -454,10 +493,11 @@ def _t_attention(sd, key, x, context):
   b, c, h, w = x.shape
   xn = _t_group_norm(x, _p(sd, f"{key}.norm.weight"), _p(sd, f"{key}.norm.bias"))
   q = _t_conv1d(xn.reshape(b, c, -1), _p(sd, f"{key}.to_q.weight"), _p(sd, f"{key}.to_q.bias"))
-  kv = _t_conv1d(context.reshape(b, c, -1), _p(sd, f"{key}.to_kv.weight"),
-                 _p(sd, f"{key}.to_kv.bias"))
+  kv = _t_conv1d(
+      context.reshape(b, c, -1), _p(sd, f"{key}.to_kv.weight"), _p(sd, f"{key}.to_kv.bias")
+  )
   k, v = kv[:, :c], kv[:, c:]
-  s = c ** -0.25
+  s = c**-0.25
   logits = np.einsum("bct,bcs->bts", q * s, k * s)
   weights = np.exp(logits - logits.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
@@ -471,8 +511,9 @@ def _t_pidm(sd, noisy, pose, t, source, num_res_blocks, num_levels):
   down = {(level + 1) * (num_res_blocks + 1) for level in range(num_levels - 1)}
   n = 1 + num_levels * num_res_blocks + (num_levels - 1)
   # Texture encoder: the down path without attention or time embedding; every block's output.
-  h = _t_conv2d(source, _p(sd, "encoder.input_blocks.0.0.weight"),
-                _p(sd, "encoder.input_blocks.0.0.bias"))
+  h = _t_conv2d(
+      source, _p(sd, "encoder.input_blocks.0.0.weight"), _p(sd, "encoder.input_blocks.0.0.bias")
+  )
   feats = [h]
   for k in range(1, n):
     h = _t_resblock(sd, f"encoder.input_blocks.{k}.0", h, None, _down if k in down else None)
@@ -482,12 +523,21 @@ def _t_pidm(sd, noisy, pose, t, source, num_res_blocks, num_levels):
   freqs = np.exp(-np.log(10000.0) * np.arange(dim // 2) / (dim // 2))
   args = np.asarray(t, np.float64)[:, None] * freqs[None]
   emb = np.concatenate([np.cos(args), np.sin(args)], axis=1)
-  emb = _t_linear(_silu(_t_linear(emb, _p(sd, "time_embed.time_embed.0.weight"),
-                                  _p(sd, "time_embed.time_embed.0.bias"))),
-                  _p(sd, "time_embed.time_embed.2.weight"), _p(sd, "time_embed.time_embed.2.bias"))
+  emb = _t_linear(
+      _silu(
+          _t_linear(
+              emb, _p(sd, "time_embed.time_embed.0.weight"), _p(sd, "time_embed.time_embed.0.bias")
+          )
+      ),
+      _p(sd, "time_embed.time_embed.2.weight"),
+      _p(sd, "time_embed.time_embed.2.bias"),
+  )
   # Denoiser.
-  h = _t_conv2d(np.concatenate([noisy, pose], axis=1), _p(sd, "input_blocks.0.0.weight"),
-                _p(sd, "input_blocks.0.0.bias"))
+  h = _t_conv2d(
+      np.concatenate([noisy, pose], axis=1),
+      _p(sd, "input_blocks.0.0.weight"),
+      _p(sd, "input_blocks.0.0.bias"),
+  )
   skips = [h]
   for k in range(1, n):
     h = _t_resblock(sd, f"input_blocks.{k}.0", h, emb, _down if k in down else None)
@@ -528,6 +578,7 @@ def _first_block(sd, pattern):
 def test_layout_rules_match_the_pytorch_ops(tiny):
   """Each layout rule on one block: conv (padding 1 and 1x1), linear, GroupNorm, attention."""
   import jax.numpy as jnp
+
   _, sd, model = tiny
   rng = np.random.default_rng(1)
   d = model.denoiser
@@ -535,42 +586,61 @@ def test_layout_rules_match_the_pytorch_ops(tiny):
   # Conv2d 3x3, padding 1: input_blocks.1.0.in_layers.2 -> input_blocks[0].res.in_conv.
   key = "input_blocks.1.0.in_layers.2"
   x = rng.normal(size=(2, sd[f"{key}.weight"].shape[1], 16, 8))
-  _close(d.input_blocks[0].res.in_conv(nhwc(x)),
-         _t_conv2d(x, _p(sd, f"{key}.weight"), _p(sd, f"{key}.bias")), 1e-5)
+  _close(
+      d.input_blocks[0].res.in_conv(nhwc(x)),
+      _t_conv2d(x, _p(sd, f"{key}.weight"), _p(sd, f"{key}.bias")),
+      1e-5,
+  )
   # Conv2d 1x1 (a ResBlock's skip where the width changes), and that whole ResBlock with FiLM.
   k = _first_block(sd, "0.skip_connection.weight")
   key = f"input_blocks.{k}.0"
   x = rng.normal(size=(2, sd[f"{key}.skip_connection.weight"].shape[1], 8, 8))
-  _close(d.input_blocks[k - 1].res.skip(nhwc(x)),
-         _t_conv2d(x, _p(sd, f"{key}.skip_connection.weight"),
-                   _p(sd, f"{key}.skip_connection.bias")), 1e-5)
+  _close(
+      d.input_blocks[k - 1].res.skip(nhwc(x)),
+      _t_conv2d(x, _p(sd, f"{key}.skip_connection.weight"), _p(sd, f"{key}.skip_connection.bias")),
+      1e-5,
+  )
   emb = rng.normal(size=(2, sd[f"{key}.emb_layers.1.weight"].shape[1]))
-  _close(d.input_blocks[k - 1].res(nhwc(x), jnp.asarray(emb, jnp.float32)),
-         _t_resblock(sd, key, x, emb), 1e-5)
+  _close(
+      d.input_blocks[k - 1].res(nhwc(x), jnp.asarray(emb, jnp.float32)),
+      _t_resblock(sd, key, x, emb),
+      1e-5,
+  )
   # GroupNorm: 32 groups of contiguous channels (channel scales differ so grouping matters).
   key = f"input_blocks.{k}.0.out_layers.0"
   c = sd[f"{key}.weight"].shape[0]
   assert c > 32
   xc = rng.normal(size=(2, c, 8, 8)) * np.linspace(0.5, 3, c)[None, :, None, None]
-  _close(d.input_blocks[k - 1].res.out_norm(nhwc(xc)),
-         _t_group_norm(xc, _p(sd, f"{key}.weight"), _p(sd, f"{key}.bias")), 1e-5)
+  _close(
+      d.input_blocks[k - 1].res.out_norm(nhwc(xc)),
+      _t_group_norm(xc, _p(sd, f"{key}.weight"), _p(sd, f"{key}.bias")),
+      1e-5,
+  )
   # Linear: time_embed.time_embed.0 -> time_embed.linear1.
   v = rng.normal(size=(3, sd["time_embed.time_embed.0.weight"].shape[1]))
-  _close(d.time_embed.linear1(jnp.asarray(v, jnp.float32)),
-         _t_linear(v, _p(sd, "time_embed.time_embed.0.weight"),
-                   _p(sd, "time_embed.time_embed.0.bias")), 1e-5)
+  _close(
+      d.time_embed.linear1(jnp.asarray(v, jnp.float32)),
+      _t_linear(
+          v, _p(sd, "time_embed.time_embed.0.weight"), _p(sd, "time_embed.time_embed.0.bias")
+      ),
+      1e-5,
+  )
   # Cross-attention: Conv1d 1x1 projections, to_kv split into K (first C rows) then V.
   k = _first_block(sd, "1.to_q.weight")
   c = sd[f"input_blocks.{k}.1.to_q.weight"].shape[0]
   x, context = rng.normal(size=(2, c, 8, 4)), rng.normal(size=(2, c, 8, 4))
-  _close(d.input_blocks[k - 1].attn(nhwc(x), nhwc(context)),
-         _t_attention(sd, f"input_blocks.{k}.1", x, context), 1e-5)
+  _close(
+      d.input_blocks[k - 1].attn(nhwc(x), nhwc(context)),
+      _t_attention(sd, f"input_blocks.{k}.1", x, context),
+      1e-5,
+  )
 
 
 def test_converted_model_matches_the_official_forward(tiny):
   """The whole converted tiny model against the official wiring in NumPy: eps and variance."""
   import jax.numpy as jnp
   from flax import nnx
+
   cfg, sd, model = tiny
   rng = np.random.default_rng(2)
   h, w = 16, 8  # any multiple of the down-sampling factor; H != W catches transposed axes
@@ -603,7 +673,7 @@ def _write_training_checkpoint(path, entries):
     for key, value in sd.items():
       skey = str(len(storages))
       storages[skey] = np.ascontiguousarray(value, np.float32).tobytes()
-      stride = [int(np.prod(value.shape[i + 1:])) for i in range(value.ndim)]
+      stride = [int(np.prod(value.shape[i + 1 :])) for i in range(value.ndim)]
       ops.str_(key).tensor("FloatStorage", skey, value.size, 0, value.shape, stride)
     ops.raw(b"u")
   ops.str_("conf").global_("tensorfn.config", "DiffusionConfig").raw(b")\x81")
@@ -614,6 +684,7 @@ def _write_training_checkpoint(path, entries):
 
 def test_cli_converts_and_exports(tiny, tmp_path, capsys):
   from pidm_jax import checkpointing
+
   _, _, model = tiny
   full = convert.export_official_state_dict(model)  # live and dead tensors
   model_sd = {"module." + k: v + 1 for k, v in full.items()}  # a DDP-wrapped "model" entry
@@ -622,8 +693,9 @@ def test_cli_converts_and_exports(tiny, tmp_path, capsys):
   config = str(REPO / "configs" / "tiny.py")
 
   out_dir = tmp_path / "converted"
-  assert convert.main(["--checkpoint", str(ckpt), "--output", str(out_dir),
-                       "--config", config]) == 0
+  assert (
+      convert.main(["--checkpoint", str(ckpt), "--output", str(out_dir), "--config", config]) == 0
+  )
   assert "entry 'ema'" in capsys.readouterr().out
   assert checkpointing.latest_step(out_dir) == 0
 
@@ -635,15 +707,23 @@ def test_cli_converts_and_exports(tiny, tmp_path, capsys):
   # the converted checkpoint carries the config it was converted with (what sample.py uses when
   # no --config is given), and the export carries it on
   from configs import stored, tiny as tiny_config
-  assert checkpointing.config_mismatches(
-      checkpointing.read_config_json(out_dir), tiny_config.get_config()) == []
-  assert stored.get_config(str(out_dir)).model.base_width == tiny_config.get_config().model.base_width
+
+  assert (
+      checkpointing.config_mismatches(
+          checkpointing.read_config_json(out_dir), tiny_config.get_config()
+      )
+      == []
+  )
+  assert (
+      stored.get_config(str(out_dir)).model.base_width == tiny_config.get_config().model.base_width
+  )
   if written.suffix == ".safetensors":
     with open(written, "rb") as f:
       header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
     exported = json.loads(header["__metadata__"]["pidm_jax_config"])
   else:
     import torch
+
     exported = json.loads(torch.load(back, weights_only=True)["pidm_jax_config"])
   assert checkpointing.config_mismatches(exported, tiny_config.get_config()) == []
   loaded = convert.load_torch_checkpoint(written)
@@ -653,6 +733,7 @@ def test_cli_converts_and_exports(tiny, tmp_path, capsys):
     np.testing.assert_array_equal(loaded[k], v, err_msg=k)
   if written == back:  # PyTorch is installed: its own safe loader reads the export
     import torch
+
     ours = torch.load(back, weights_only=True)
     assert set(ours) == {"ema", "model", "pidm_jax_config"} and list(ours["ema"]) == list(full)
 
@@ -670,8 +751,16 @@ def test_cli_reports_a_mismatching_checkpoint(tiny, tmp_path, capsys):
   path = tmp_path / "bad.safetensors"
   convert.save_safetensors(path, bad)
   with pytest.raises(SystemExit) as e:
-    convert.main(["--checkpoint", str(path), "--output", str(tmp_path / "out"),
-                  "--config", str(REPO / "configs" / "tiny.py")])
+    convert.main(
+        [
+            "--checkpoint",
+            str(path),
+            "--output",
+            str(tmp_path / "out"),
+            "--config",
+            str(REPO / "configs" / "tiny.py"),
+        ]
+    )
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and err.count("\n") == 1
@@ -685,11 +774,14 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
   with open(evil, "wb") as f:
     pickle.dump(_RunsCode(str(tmp_path / "ran")), f)
   for argv, message in (
-      (["--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "o")],
-       "missing.pt"),
+      (
+          ["--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "o")],
+          "missing.pt",
+      ),
       (["--checkpoint", str(evil), "--output", str(tmp_path / "o")], "refus"),
       (["--checkpoint=x", "--output=y", "--to-torch"], "to-torch"),
-      (["--checkpoint=x", "--output=y", "--config.model.nonsense=1"], "nonsense")):
+      (["--checkpoint=x", "--output=y", "--config.model.nonsense=1"], "nonsense"),
+  ):
     with pytest.raises(SystemExit) as e:
       convert.main(argv)
     assert e.value.code == 2, argv
@@ -712,21 +804,39 @@ def test_cli_refuses_a_config_that_does_not_predict_eps(tmp_path, capsys):
   """The official network predicts eps; a v-prediction config would give its weights another
   meaning, so neither direction runs (and nothing is written)."""
   config = tmp_path / "v_config.py"
-  config.write_text("from configs import tiny\n\n\ndef get_config():\n"
-                    "  config = tiny.get_config()\n  config.diffusion.prediction = 'v'\n"
-                    "  return config\n")
+  config.write_text(
+      "from configs import tiny\n\n\ndef get_config():\n"
+      "  config = tiny.get_config()\n  config.diffusion.prediction = 'v'\n"
+      "  return config\n"
+  )
   for extra in ([], ["--to_torch"]):
     with pytest.raises(SystemExit):
-      convert.main(extra + ["--checkpoint", str(tmp_path / "missing.pt"),
-                            "--output", str(tmp_path / "out"), "--config", str(config)])
+      convert.main(
+          extra
+          + [
+              "--checkpoint",
+              str(tmp_path / "missing.pt"),
+              "--output",
+              str(tmp_path / "out"),
+              "--config",
+              str(config),
+          ]
+      )
     assert "predicts eps" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
 
 
 def test_module_entry_point_help():
   import subprocess
-  result = subprocess.run([sys.executable, "-m", "pidm_jax.convert", "--help"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, check=False)
+
+  result = subprocess.run(
+      [sys.executable, "-m", "pidm_jax.convert", "--help"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert result.returncode == 0, result.stderr
   assert "--to_torch" in result.stdout and "--entry" in result.stdout
 

@@ -48,23 +48,32 @@ def _np_losses(betas, out, x0, xt, t, noise):
   b = x0.shape[0]
   sh = lambda a: a[t].reshape(b, 1, 1, 1)
   eps, v = out[..., :3], out[..., 3:]
-  mse = ((noise - eps)**2).reshape(b, -1).mean(1)
+  mse = ((noise - eps) ** 2).reshape(b, -1).mean(1)
   frac = (v + 1) / 2
   logvar = frac * sh(np.log(betas)) + (1 - frac) * sh(post_log)
   x0_hat = np.sqrt(1 / sh(ac)) * xt - np.sqrt(1 / sh(ac) - 1) * eps
   mean = sh(c1) * x0_hat + sh(c2) * xt
   true_mean = sh(c1) * x0 + sh(c2) * xt
   true_logvar = sh(post_log)
-  kl = 0.5 * (-1 + logvar - true_logvar + np.exp(true_logvar - logvar)
-              + (true_mean - mean)**2 * np.exp(-logvar))
+  kl = 0.5 * (
+      -1
+      + logvar
+      - true_logvar
+      + np.exp(true_logvar - logvar)
+      + (true_mean - mean) ** 2 * np.exp(-logvar)
+  )
   kl = kl.reshape(b, -1).mean(1) / np.log(2)
   # discretised Gaussian decoder with the tanh CDF approximation
   cdf = lambda z: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
   inv = np.exp(-0.5 * logvar)
   plus, minus = cdf(inv * (x0 - mean + 1 / 255)), cdf(inv * (x0 - mean - 1 / 255))
-  ll = np.where(x0 < -0.999, np.log(np.maximum(plus, 1e-12)),
-                np.where(x0 > 0.999, np.log(np.maximum(1 - minus, 1e-12)),
-                         np.log(np.maximum(plus - minus, 1e-12))))
+  ll = np.where(
+      x0 < -0.999,
+      np.log(np.maximum(plus, 1e-12)),
+      np.where(
+          x0 > 0.999, np.log(np.maximum(1 - minus, 1e-12)), np.log(np.maximum(plus - minus, 1e-12))
+      ),
+  )
   nll = -ll.reshape(b, -1).mean(1) / np.log(2)
   vb = np.where(t == 0, nll, kl)
   return mse, vb
@@ -78,17 +87,27 @@ def test_training_losses_match_float64_numpy():
   x0 = np.clip(rng.normal(0, 0.6, (b, 4, 5, 3)), -1, 1)
   x0[0, 0, 0] = [-1.0, 1.0, 0.0]  # edge bins of the decoder likelihood
   noise = rng.normal(size=x0.shape)
-  out = np.concatenate([noise + 0.1 * rng.normal(size=x0.shape),
-                        rng.uniform(-1, 1, x0.shape)], axis=-1)
-  xt = np.asarray(d.q_sample(jnp.asarray(x0, jnp.float32), jnp.asarray(t),
-                             jnp.asarray(noise, jnp.float32)), np.float64)
+  out = np.concatenate(
+      [noise + 0.1 * rng.normal(size=x0.shape), rng.uniform(-1, 1, x0.shape)], axis=-1
+  )
+  xt = np.asarray(
+      d.q_sample(jnp.asarray(x0, jnp.float32), jnp.asarray(t), jnp.asarray(noise, jnp.float32)),
+      np.float64,
+  )
   ac = np.cumprod(1 - d.betas)
   np.testing.assert_allclose(
-      xt, np.sqrt(ac[t])[:, None, None, None] * x0
-      + np.sqrt(1 - ac[t])[:, None, None, None] * noise, rtol=1e-5, atol=1e-5)
-  losses = d.training_losses(jnp.asarray(out, jnp.float32), jnp.asarray(x0, jnp.float32),
-                             jnp.asarray(xt, jnp.float32), jnp.asarray(t),
-                             jnp.asarray(noise, jnp.float32))
+      xt,
+      np.sqrt(ac[t])[:, None, None, None] * x0 + np.sqrt(1 - ac[t])[:, None, None, None] * noise,
+      rtol=1e-5,
+      atol=1e-5,
+  )
+  losses = d.training_losses(
+      jnp.asarray(out, jnp.float32),
+      jnp.asarray(x0, jnp.float32),
+      jnp.asarray(xt, jnp.float32),
+      jnp.asarray(t),
+      jnp.asarray(noise, jnp.float32),
+  )
   mse, vb = _np_losses(d.betas, out, x0, xt, t, noise)
   np.testing.assert_allclose(np.asarray(losses["mse"]), mse, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(losses["vb"]), vb, rtol=2e-4, atol=1e-5)
@@ -114,8 +133,11 @@ def test_posterior_and_learned_range():
   v = jnp.array([-1.0, 1.0, 0.0]).reshape(3, 1, 1, 1)
   logvar = np.asarray(d.learned_range_log_variance(v, t)).ravel()
   _, post_log, _, _ = _np_tables(d.betas)
-  np.testing.assert_allclose(logvar, [post_log[0], np.log(d.betas[10]),
-                                      0.5 * (post_log[999] + np.log(d.betas[999]))], rtol=1e-5)
+  np.testing.assert_allclose(
+      logvar,
+      [post_log[0], np.log(d.betas[10]), 0.5 * (post_log[999] + np.log(d.betas[999]))],
+      rtol=1e-5,
+  )
   # eps -> x0 recovers the x0 that was noised
   rng = np.random.default_rng(2)
   x0 = jnp.asarray(rng.uniform(-1, 1, (3, 2, 2, 3)), jnp.float32)
@@ -127,9 +149,11 @@ def test_posterior_and_learned_range():
 
 def test_tanh_cdf_is_close_to_the_normal_cdf():
   from pidm_jax.diffusion import approx_standard_normal_cdf
+
   z = np.linspace(-4, 4, 81)
-  np.testing.assert_allclose(np.asarray(approx_standard_normal_cdf(jnp.asarray(z))),
-                             scipy_norm.cdf(z), atol=1e-3)
+  np.testing.assert_allclose(
+      np.asarray(approx_standard_normal_cdf(jnp.asarray(z))), scipy_norm.cdf(z), atol=1e-3
+  )
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
@@ -150,8 +174,9 @@ def test_prediction_targets_invert_to_eps_and_x0(prediction):
     np.testing.assert_allclose(np.asarray(x_start), np.asarray(x0), atol=2e-5)
   else:
     np.testing.assert_allclose(np.asarray(x_start)[:3], np.asarray(x0)[:3], atol=1e-3)
-  v = (np.sqrt(d.alphas_cumprod[np.asarray(t)])[:, None, None, None] * np.asarray(noise)
-       - np.sqrt(1 - d.alphas_cumprod[np.asarray(t)])[:, None, None, None] * np.asarray(x0))
+  v = np.sqrt(d.alphas_cumprod[np.asarray(t)])[:, None, None, None] * np.asarray(noise) - np.sqrt(
+      1 - d.alphas_cumprod[np.asarray(t)]
+  )[:, None, None, None] * np.asarray(x0)
   expected = {"eps": np.asarray(noise), "v": v, "x0": np.asarray(x0)}[prediction]
   np.testing.assert_allclose(np.asarray(target), expected, atol=1e-6)
   # A perfect prediction has zero MSE; the VB term and the posterior mean are the same for every
@@ -161,7 +186,8 @@ def test_prediction_targets_invert_to_eps_and_x0(prediction):
   losses = d.training_losses(out, x0, xt, t, noise)
   np.testing.assert_allclose(np.asarray(losses["mse"]), 0.0, atol=1e-10)
   ref = GaussianDiffusion(beta_schedule("cosine", 1000)).training_losses(
-      jnp.concatenate([noise, var], axis=-1), x0, xt, t, noise)
+      jnp.concatenate([noise, var], axis=-1), x0, xt, t, noise
+  )
   np.testing.assert_allclose(np.asarray(losses["vb"])[1:3], np.asarray(ref["vb"])[1:3], rtol=1e-3)
 
 

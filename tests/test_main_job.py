@@ -37,8 +37,15 @@ def test_main_job_builds_trains_samples_and_reports(tmp_path):
   assert -1.0 <= summary["ssim"] <= 1.0
   # The source-swap figures are reported, and written to summary.json for scripts.
   written = json.loads((workdir / "summary.json").read_text())
-  for key in ("ssim", "ssim_copy_source", "ssim_swapped_source", "body_colour_error",
-              "body_colour_error_swapped_source", "train_seconds", "steps"):
+  for key in (
+      "ssim",
+      "ssim_copy_source",
+      "ssim_swapped_source",
+      "body_colour_error",
+      "body_colour_error_swapped_source",
+      "train_seconds",
+      "steps",
+  ):
     assert np.isfinite(summary[key]) and written[key] == summary[key], key
   assert written["steps"] == 2 and 0 < summary["body_colour_error"] < 100
   assert checkpointing.latest_step(workdir / "checkpoints") == 2

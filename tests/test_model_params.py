@@ -23,11 +23,17 @@ def test_merge_round_trips_parameters_and_sets_the_mode(setup):
   params = nnx.state(model, nnx.Param).to_pure_dict()
   shapes = spec.abstract_params()
   assert jax.tree.structure(shapes) == jax.tree.structure(params)
-  assert all(a.shape == b.shape and a.dtype == b.dtype
-             for a, b in zip(jax.tree.leaves(shapes), jax.tree.leaves(params)))
+  assert all(
+      a.shape == b.shape and a.dtype == b.dtype
+      for a, b in zip(jax.tree.leaves(shapes), jax.tree.leaves(params))
+  )
   merged = spec.merge(params)
-  assert all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(nnx.state(merged, nnx.Param).to_pure_dict()), jax.tree.leaves(params)))
+  assert all(
+      np.array_equal(a, b)
+      for a, b in zip(
+          jax.tree.leaves(nnx.state(merged, nnx.Param).to_pure_dict()), jax.tree.leaves(params)
+      )
+  )
   # eval mode: the same forward pass as the original model in eval mode
   model.eval()
   s = config.model.image_size
@@ -53,6 +59,7 @@ def test_shardings_follow_the_config_and_a_mesh_needs_one(setup):
   assert all(a.sharding == b for a, b in zip(jax.tree.leaves(on_mesh), jax.tree.leaves(shardings)))
   local = spec.abstract_params()
   assert {a.sharding for a in jax.tree.leaves(local)} == {
-      jax.sharding.SingleDeviceSharding(jax.local_devices()[0])}
+      jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  }
   with pytest.raises(ValueError, match="need the run's config"):
     spec.abstract_params(mesh)

@@ -65,8 +65,26 @@ def test_paper_plan_matches_reference_table():
   assert [b.index for b in down if b.kind == "down"] == [3, 6, 9, 12, 15]
   assert [b.out_channels for b in down] == [128] * 7 + [256] * 6 + [512] * 5
   # skip widths popped by the decoder (as the official UNet in unet.py does)
-  assert [b.skip_channels for b in up] == [512, 512, 512, 512, 512, 256, 256, 256, 256,
-                                           256, 256, 128, 128, 128, 128, 128, 128, 128]
+  assert [b.skip_channels for b in up] == [
+      512,
+      512,
+      512,
+      512,
+      512,
+      256,
+      256,
+      256,
+      256,
+      256,
+      256,
+      128,
+      128,
+      128,
+      128,
+      128,
+      128,
+      128,
+  ]
   assert [b.in_channels + b.skip_channels for b in up][:8] == [1024] * 5 + [768, 768, 512]
 
 
@@ -124,7 +142,11 @@ def test_cross_attention_routing(tiny_model):
   cfg = tiny.get_config().model
   assert [b.index for b in down_path_plan(cfg) if b.attention] == [3]
   assert [(b.index, b.attention, b.upsample) for b in up_path_plan(cfg)] == [
-      (0, True, False), (1, False, True), (2, False, False), (3, False, False)]
+      (0, True, False),
+      (1, False, True),
+      (2, False, False),
+      (3, False, False),
+  ]
 
 
 def test_timestep_embedding_cos_first():
@@ -137,8 +159,9 @@ def test_timestep_embedding_cos_first():
 
 def test_cross_attention_matches_numpy():
   c = 32
-  attn = CrossAttention(c, num_groups=8, norm_eps=1e-5, dtype=jnp.float32,
-                        param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  attn = CrossAttention(
+      c, num_groups=8, norm_eps=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0)
+  )
   attn.proj_out.kernel.value = jax.random.normal(jax.random.key(1), (c, c)) * 0.1
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 4, 4, c)).astype(np.float32)
@@ -210,10 +233,13 @@ def test_dropout_follows_train_eval():
   assert not np.allclose(np.asarray(a), np.asarray(c))
 
 
-@pytest.mark.parametrize("h,w,expected", [
-    (256, 176, "256x176.*multiples of 32.*256x160, 256x192"),
-    (100, 64, "100x64.*96x64, 128x64"),
-])
+@pytest.mark.parametrize(
+    "h,w,expected",
+    [
+        (256, 176, "256x176.*multiples of 32.*256x160, 256x192"),
+        (100, 64, "100x64.*96x64, 128x64"),
+    ],
+)
 def test_invalid_image_size_message(paper_model, h, w, expected):
   model = paper_model
   with pytest.raises(ValueError, match=expected):

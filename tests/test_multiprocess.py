@@ -22,14 +22,32 @@ def _free_port() -> int:
 
 def _run_pair(tmp_path, phase: str) -> list[dict]:
   port = str(_free_port())
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jit_cache"))  # the phases share programs
+  env = dict(
+      os.environ,
+      PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jit_cache"),
+  )  # the phases share programs
   env.pop("XLA_FLAGS", None)
   outs = [tmp_path / f"{phase}{i}.json" for i in range(2)]
-  procs = [subprocess.Popen([sys.executable, WORKER, str(i), port, str(tmp_path / "tfds"),
-                             str(tmp_path / "runs"), phase, str(outs[i])], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(2)]
+  procs = [
+      subprocess.Popen(
+          [
+              sys.executable,
+              WORKER,
+              str(i),
+              port,
+              str(tmp_path / "tfds"),
+              str(tmp_path / "runs"),
+              phase,
+              str(outs[i]),
+          ],
+          env=env,
+          cwd=ROOT,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+      )
+      for i in range(2)
+  ]
   logs = []
   for p in procs:
     try:
@@ -45,8 +63,10 @@ def _run_pair(tmp_path, phase: str) -> list[dict]:
 
 def test_preemption_of_one_process_stops_both_at_one_step_and_resumes_exactly(tmp_path):
   from input_pipeline.synthetic_people import SyntheticPeople, SyntheticPeopleConfig
-  config = SyntheticPeopleConfig(name="mp_tiny", resolution=32, train_identities=4,
-                                 test_identities=1, poses_per_identity=3)
+
+  config = SyntheticPeopleConfig(
+      name="mp_tiny", resolution=32, train_identities=4, test_identities=1, poses_per_identity=3
+  )
   SyntheticPeople(config=config, data_dir=str(tmp_path / "tfds")).download_and_prepare()
 
   first = _run_pair(tmp_path, "first")

@@ -19,10 +19,29 @@ SIZE = 32
 NUM_PAIRS = 21
 
 # A standing figure in a 32x32 frame; joint 3 (right elbow) missing.
-BASE_KEYPOINTS = np.array([
-    [16, 4], [16, 8], [12, 8], [-1, -1], [9, 16], [20, 8], [22, 12], [23, 16], [13, 17],
-    [13, 23], [13, 29], [19, 17], [19, 23], [19, 29], [15, 3], [17, 3], [14, 4], [18, 4],
-], np.float32)
+BASE_KEYPOINTS = np.array(
+    [
+        [16, 4],
+        [16, 8],
+        [12, 8],
+        [-1, -1],
+        [9, 16],
+        [20, 8],
+        [22, 12],
+        [23, 16],
+        [13, 17],
+        [13, 23],
+        [13, 29],
+        [19, 17],
+        [19, 23],
+        [19, 29],
+        [15, 3],
+        [17, 3],
+        [14, 4],
+        [18, 4],
+    ],
+    np.float32,
+)
 
 
 def _record(i, size=SIZE):
@@ -34,7 +53,9 @@ def _record(i, size=SIZE):
       "target_image": np.full((size, size, 3), 100 + i, np.uint8),
       "source_keypoints": kp,
       "target_keypoints": kp[::-1].copy(),  # another valid skeleton
-      "source_id": f"s{i}".encode(), "target_id": f"t{i}".encode(), "person_id": b"p",
+      "source_id": f"s{i}".encode(),
+      "target_id": f"t{i}".encode(),
+      "person_id": b"p",
   }
 
 
@@ -75,8 +96,9 @@ def sharding():
 
 def _datasets(config, sharding, **kwargs):
   source = FakeSource()
-  return pipeline.create_datasets(config, sharding, source_fn=lambda split: source, read_threads=2,
-                                  **kwargs)
+  return pipeline.create_datasets(
+      config, sharding, source_fn=lambda split: source, read_threads=2, **kwargs
+  )
 
 
 def _host(batch):
@@ -106,8 +128,9 @@ def test_to_float_image_matches_the_official_normalisation():
   kp = record["source_keypoints"]
   u8 = pipeline.PairTransform((SIZE, SIZE))(record)
   converted = encoding.to_model_inputs(u8)
-  np.testing.assert_array_equal(converted["source_image"],
-                                encoding.image_to_float(record["source_image"]))
+  np.testing.assert_array_equal(
+      converted["source_image"], encoding.image_to_float(record["source_image"])
+  )
   np.testing.assert_array_equal(converted["source_pose"], pose.pose_map(kp, SIZE, SIZE))
   np.testing.assert_array_equal(converted["source_keypoints"], u8["source_keypoints"])
 
@@ -118,8 +141,9 @@ def test_transform_without_augmentation():
   assert set(out) == set(pipeline.PAIR_KEYS)
   for side in ("source", "target"):
     np.testing.assert_array_equal(out[f"{side}_image"], record[f"{side}_image"])
-    np.testing.assert_array_equal(out[f"{side}_pose"],
-                                  pose.pose_map_uint8(record[f"{side}_keypoints"], SIZE, SIZE))
+    np.testing.assert_array_equal(
+        out[f"{side}_pose"], pose.pose_map_uint8(record[f"{side}_keypoints"], SIZE, SIZE)
+    )
     np.testing.assert_array_equal(out[f"{side}_keypoints"], record[f"{side}_keypoints"])
     assert out[f"{side}_image"].dtype == np.uint8
     assert out[f"{side}_pose"].shape == (SIZE, SIZE, 20) and out[f"{side}_pose"].dtype == np.uint8
@@ -158,8 +182,9 @@ def test_transform_scale_crop_is_independent_per_image_and_poses_follow_keypoint
   rng = np.random.default_rng(123)
   for side in ("target", "source"):
     scaled, offset = pose.random_scale_crop_params(SIZE, SIZE, rng, 0.5)
-    image, kp = pose.scale_crop(record[f"{side}_image"], record[f"{side}_keypoints"], scaled,
-                                offset)
+    image, kp = pose.scale_crop(
+        record[f"{side}_image"], record[f"{side}_keypoints"], scaled, offset
+    )
     np.testing.assert_array_equal(out[f"{side}_image"], image)
     np.testing.assert_allclose(out[f"{side}_keypoints"], kp, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(out[f"{side}_pose"], pose.pose_map_uint8(kp, SIZE, SIZE))
@@ -182,13 +207,23 @@ def test_transform_stretches_another_stored_size():
 def test_train_batches_are_global_and_sharded(sharding):
   train, _ = _datasets(_config(), sharding, eval_split=None)
   batch = next(train)
-  shapes = {"source_image": (8, SIZE, SIZE, 3), "target_image": (8, SIZE, SIZE, 3),
-            "source_pose": (8, SIZE, SIZE, 20), "target_pose": (8, SIZE, SIZE, 20),
-            "source_keypoints": (8, 18, 2), "target_keypoints": (8, 18, 2)}
+  shapes = {
+      "source_image": (8, SIZE, SIZE, 3),
+      "target_image": (8, SIZE, SIZE, 3),
+      "source_pose": (8, SIZE, SIZE, 20),
+      "target_pose": (8, SIZE, SIZE, 20),
+      "source_keypoints": (8, 18, 2),
+      "target_keypoints": (8, 18, 2),
+  }
   assert {k: v.shape for k, v in batch.items()} == shapes
-  dtypes = {"source_image": np.uint8, "target_image": np.uint8, "source_pose": np.uint8,
-            "target_pose": np.uint8, "source_keypoints": np.float32,
-            "target_keypoints": np.float32}
+  dtypes = {
+      "source_image": np.uint8,
+      "target_image": np.uint8,
+      "source_pose": np.uint8,
+      "target_pose": np.uint8,
+      "source_keypoints": np.float32,
+      "target_keypoints": np.float32,
+  }
   for k, v in batch.items():
     assert isinstance(v, jax.Array) and v.dtype == dtypes[k], k
     assert v.sharding == sharding, k
@@ -206,8 +241,9 @@ def test_train_batches_are_global_and_sharded(sharding):
   images = np.asarray(model_inputs["source_image"])
   assert images.min() >= -1 and images.max() <= 1
   np.testing.assert_array_equal(images, encoding.image_to_float(host["source_image"]))
-  np.testing.assert_array_equal(np.asarray(model_inputs["target_pose"]),
-                                host["target_pose"] / np.float32(255))
+  np.testing.assert_array_equal(
+      np.asarray(model_inputs["target_pose"]), host["target_pose"] / np.float32(255)
+  )
 
 
 def test_train_batches_on_the_data_fsdp_mesh():
@@ -281,8 +317,9 @@ def test_processes_read_disjoint_shares():
   source = FakeSource()
   seen = {}
   for p in range(2):
-    train, _ = pipeline.create_datasets(config, None, eval_split=None, process_index=p,
-                                        process_count=2, source_fn=lambda s: source)
+    train, _ = pipeline.create_datasets(
+        config, None, eval_split=None, process_index=p, process_count=2, source_fn=lambda s: source
+    )
     share = len(range(p, NUM_PAIRS, 2))
     seen[p] = np.concatenate([_identity(next(train)) for _ in range(share)])
     assert sorted(seen[p]) == list(range(p, NUM_PAIRS, 2))
@@ -305,8 +342,9 @@ def test_eval_covers_every_pair_exactly_once_in_order(sharding):
     np.testing.assert_array_equal(_identity(host)[real], host["index"][real])
     for i in np.flatnonzero(real):
       record = _record(int(host["index"][i]))
-      np.testing.assert_array_equal(host["target_pose"][i],
-                                    pose.pose_map_uint8(record["target_keypoints"], SIZE, SIZE))
+      np.testing.assert_array_equal(
+          host["target_pose"][i], pose.pose_map_uint8(record["target_keypoints"], SIZE, SIZE)
+      )
     assert not host["source_image"][~real].any() and not host["source_pose"][~real].any()
     indices.append(host["index"])
     masks.append(real)
@@ -357,8 +395,10 @@ def test_create_datasets_reads_a_built_tfds_split(tmp_path, sharding):
     os.makedirs(manual / "images" / os.path.dirname(name), exist_ok=True)
     os.makedirs(manual / "keypoints" / os.path.dirname(name), exist_ok=True)
     Image.fromarray(np.full((40, 24, 3), 10 * i, np.uint8)).save(manual / "images" / name)
-    np.save(manual / "keypoints" / name.replace(".png", ".npy"),
-            np.where(BASE_KEYPOINTS == -1, -1, BASE_KEYPOINTS * [24 / 32, 40 / 32]))
+    np.save(
+        manual / "keypoints" / name.replace(".png", ".npy"),
+        np.where(BASE_KEYPOINTS == -1, -1, BASE_KEYPOINTS * [24 / 32, 40 / 32]),
+    )
   (manual / "train_pairs.txt").write_text(f"{names[0]},{names[1]}\n{names[2]},{names[3]}\n")
   (manual / "test_pairs.txt").write_text(f"{names[1]},{names[0]}\n")
   build.build("person_folder/res64", str(tmp_path / "data"), str(manual))
@@ -368,7 +408,10 @@ def test_create_datasets_reads_a_built_tfds_split(tmp_path, sharding):
   config.data.data_dir = str(tmp_path / "data")
   train, evaluation = pipeline.create_datasets(config, sharding)
   batch = next(train)
-  assert batch["target_pose"].shape == (8, SIZE, SIZE, 20) and batch["source_image"].sharding == sharding
+  assert (
+      batch["target_pose"].shape == (8, SIZE, SIZE, 20)
+      and batch["source_image"].sharding == sharding
+  )
   eval_batch = next(iter(evaluation))
   assert list(np.asarray(eval_batch["mask"])) == [True] + [False] * 7
   assert evaluation.ids(eval_batch["index"]) == [(names[0], names[1])]

@@ -41,10 +41,28 @@ def test_device_conversion_is_bit_exact_inside_and_outside_jit():
 
 
 def test_rendered_pose_map_converts_to_the_float_map():
-  kp = np.array([[31.5, 10.2], [32.0, 17.7], [25.3, 18.1], [21.0, 27.9], [19.6, 36.4],
-                 [38.8, 17.5], [43.1, 27.0], [45.9, 35.2], [27.4, 38.0], [26.9, 50.3],
-                 [26.0, 61.7], [36.6, 38.2], [-1, -1], [38.2, 61.0], [29.9, 8.8], [33.4, 8.6],
-                 [-1, -1], [35.7, 9.9]])
+  kp = np.array(
+      [
+          [31.5, 10.2],
+          [32.0, 17.7],
+          [25.3, 18.1],
+          [21.0, 27.9],
+          [19.6, 36.4],
+          [38.8, 17.5],
+          [43.1, 27.0],
+          [45.9, 35.2],
+          [27.4, 38.0],
+          [26.9, 50.3],
+          [26.0, 61.7],
+          [36.6, 38.2],
+          [-1, -1],
+          [38.2, 61.0],
+          [29.9, 8.8],
+          [33.4, 8.6],
+          [-1, -1],
+          [35.7, 9.9],
+      ]
+  )
   u8 = pose.pose_map_uint8(kp, 64, 48)
   assert u8.dtype == np.uint8 and u8.shape == (64, 48, 20)
   expected = pose.pose_map(kp, 64, 48)
@@ -56,23 +74,28 @@ def test_sharded_batch_keeps_its_sharding_and_other_entries():
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   sharding = NamedSharding(mesh, P("data"))
   rng = np.random.default_rng(0)
-  host = {"source_image": rng.integers(0, 256, (8, 4, 4, 3), np.uint8),
-          "target_pose": rng.integers(0, 256, (8, 4, 4, 20), np.uint8),
-          "source_keypoints": rng.uniform(0, 4, (8, 18, 2)).astype(np.float32),
-          "mask": np.ones(8, bool)}
+  host = {
+      "source_image": rng.integers(0, 256, (8, 4, 4, 3), np.uint8),
+      "target_pose": rng.integers(0, 256, (8, 4, 4, 20), np.uint8),
+      "source_keypoints": rng.uniform(0, 4, (8, 18, 2)).astype(np.float32),
+      "mask": np.ones(8, bool),
+  }
   batch = jax.device_put(host, sharding)
   out = encoding.to_model_inputs(batch)
   assert set(out) == set(batch) and batch["source_image"].dtype == np.uint8  # input untouched
   assert out["source_image"].sharding == sharding and out["target_pose"].sharding == sharding
-  np.testing.assert_array_equal(np.asarray(out["source_image"]),
-                                OFFICIAL_IMAGE[host["source_image"]])
+  np.testing.assert_array_equal(
+      np.asarray(out["source_image"]), OFFICIAL_IMAGE[host["source_image"]]
+  )
   np.testing.assert_array_equal(np.asarray(out["target_pose"]), OFFICIAL_POSE[host["target_pose"]])
   assert out["source_keypoints"] is batch["source_keypoints"] and out["mask"] is batch["mask"]
 
 
 def test_float_inputs_pass_through_and_other_dtypes_are_refused():
-  floats = {"source_image": np.zeros((1, 2, 2, 3), np.float32),
-            "target_pose": jnp.ones((1, 2, 2, 20), jnp.bfloat16)}
+  floats = {
+      "source_image": np.zeros((1, 2, 2, 3), np.float32),
+      "target_pose": jnp.ones((1, 2, 2, 20), jnp.bfloat16),
+  }
   out = encoding.to_model_inputs(floats)
   assert out["source_image"] is floats["source_image"]
   assert out["target_pose"] is floats["target_pose"]
@@ -96,10 +119,12 @@ def test_train_loss_takes_pipeline_batches_as_their_float_inputs():
   state = trainer.init_state(0)
   h, w = cfg.data.image_size
   rng = np.random.default_rng(1)
-  u8 = {"source_image": rng.integers(0, 256, (2, h, w, 3), np.uint8),
-        "target_image": rng.integers(0, 256, (2, h, w, 3), np.uint8),
-        "source_pose": rng.integers(0, 256, (2, h, w, 20), np.uint8),
-        "target_pose": rng.integers(0, 256, (2, h, w, 20), np.uint8)}
+  u8 = {
+      "source_image": rng.integers(0, 256, (2, h, w, 3), np.uint8),
+      "target_image": rng.integers(0, 256, (2, h, w, 3), np.uint8),
+      "source_pose": rng.integers(0, 256, (2, h, w, 20), np.uint8),
+      "target_pose": rng.integers(0, 256, (2, h, w, 20), np.uint8),
+  }
   loss = jax.jit(trainer.loss_fn)
   key = jax.random.key(3)
   from_u8 = loss(state.params, u8, key)[0]

@@ -24,8 +24,7 @@ def _params(config, value):
   abstract = nnx.eval_shape(lambda: PIDM(config.model, rngs=nnx.Rngs(0)))
   params = nnx.state(abstract, nnx.Param).to_pure_dict()
   rng = np.random.default_rng(int(value * 100))
-  return jax.tree.map(lambda x: jnp.asarray(value + 0.01 * rng.random(x.shape, np.float32)),
-                      params)
+  return jax.tree.map(lambda x: jnp.asarray(value + 0.01 * rng.random(x.shape, np.float32)), params)
 
 
 def _near(params, value):
@@ -68,8 +67,9 @@ def test_unreadable_newest_step_falls_back_to_the_older_one_and_moves_nothing(tw
   params = checkpointing.restore_ema_params(directory, config.model, log=said.append)
   assert _near(params, 0.25)
   assert len(said) == 2, said
-  assert said[0].startswith(f"checkpoint step 2 in {directory} cannot be read (ValueError: "
-                            "OUT_OF_RANGE"), said[0]
+  assert said[0].startswith(
+      f"checkpoint step 2 in {directory} cannot be read (ValueError: " "OUT_OF_RANGE"
+  ), said[0]
   assert said[1] == f"using checkpoint step 1 in {directory}: newer step(s) 2 cannot be read"
   assert sorted(os.listdir(directory)) == ["1", "2", "config.json"]  # a reader moves nothing
   err = capfd.readouterr().err
@@ -104,6 +104,7 @@ def test_a_structural_mismatch_is_reported_as_such_not_as_unreadable(two_steps):
 
 
 class _Records:
+
   def __init__(self, bad):
     self.bad = bad
 
@@ -128,7 +129,8 @@ def test_a_damaged_record_is_named_with_its_index_split_and_directory():
     source.__getitems__([1, 3])
   assert str(e.value).startswith(
       "record 3 of split 'train' of data set 'synthetic_people/res64' in /data/x cannot be read "
-      "(RuntimeError: Corrupted Riegeli/records file"), str(e.value)
+      "(RuntimeError: Corrupted Riegeli/records file"
+  ), str(e.value)
   with pytest.raises(IndexError):  # the end of the sequence stays an IndexError
     source[6]
 
@@ -142,23 +144,29 @@ def test_workdir_that_cannot_be_written_or_holds_too_little_space(tmp_path, monk
   assert os.listdir(tmp_path / "ok") == []
   usage = type("Usage", (), {"free": 10 * 2**20})
   monkeypatch.setattr(train.shutil, "disk_usage", lambda _: usage)
-  with pytest.raises(train.SetupError, match=r"has 10 MiB free, but 3 kept checkpoints and the "
-                     r"one being written need about 40 MiB \(10 MiB each\)"):
+  with pytest.raises(
+      train.SetupError,
+      match=r"has 10 MiB free, but 3 kept checkpoints and the "
+      r"one being written need about 40 MiB \(10 MiB each\)",
+  ):
     train.check_workdir(str(tmp_path / "ok"), 10 * 2**20, 3)
 
 
 def test_state_bytes_counts_the_arrays_of_a_train_state():
   config = tiny.get_config()
-  trainer = train.Trainer(config, jax.make_mesh((1, 1), ("data", "fsdp"),
-                                                axis_types=(jax.sharding.AxisType.Auto,) * 2))
+  trainer = train.Trainer(
+      config, jax.make_mesh((1, 1), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  )
   params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params)) * 4
   # params, EMA params and Adam's two moments, plus a few scalars
   assert 4 * params <= train.state_bytes(trainer.abstract_state) < 4 * params + 4096
 
 
 def test_unknown_data_set_is_one_named_error():
-  with pytest.raises(pipeline.DataSetError, match=r"unknown data set 'deepfashion/res64': "
-                     r"pidm_jax builds deep_fashion, market1501"):
+  with pytest.raises(
+      pipeline.DataSetError,
+      match=r"unknown data set 'deepfashion/res64': " r"pidm_jax builds deep_fashion, market1501",
+  ):
     build.builder("deepfashion/res64", "/nonexistent")
 
 
@@ -166,10 +174,21 @@ def test_train_cli_says_a_setup_error_in_one_line(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  done = subprocess.run([sys.executable, "train.py", f"--config={ROOT}/configs/tiny.py",
-                         f"--workdir={blocker / 'w'}"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  done = subprocess.run(
+      [
+          sys.executable,
+          "train.py",
+          f"--config={ROOT}/configs/tiny.py",
+          f"--workdir={blocker / 'w'}",
+      ],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert done.returncode == 2, done.stderr[-2000:]
   lines = done.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"error: workdir {blocker / 'w'} cannot be "
-                                                 "created (Not a directory)"), lines
+  assert len(lines) == 1 and lines[0].startswith(
+      f"error: workdir {blocker / 'w'} cannot be " "created (Not a directory)"
+  ), lines

@@ -28,8 +28,7 @@ def _randomised_params(config, seed=1, scale=0.15):
   abstract = nnx.eval_shape(lambda: PIDM(config.model, rngs=nnx.Rngs(0)))
   params = nnx.state(abstract, nnx.Param).to_pure_dict()
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda x: jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype),
-                      params)
+  return jax.tree.map(lambda x: jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype), params)
 
 
 def _read_png(path) -> np.ndarray:
@@ -38,8 +37,12 @@ def _read_png(path) -> np.ndarray:
 
 
 def _mesh(devices):
-  return jax.make_mesh((devices, 1), ("data", "fsdp"), devices=jax.devices()[:devices],
-                       axis_types=(AxisType.Auto,) * 2)
+  return jax.make_mesh(
+      (devices, 1),
+      ("data", "fsdp"),
+      devices=jax.devices()[:devices],
+      axis_types=(AxisType.Auto,) * 2,
+  )
 
 
 def _keypoints(rng, width, height):
@@ -63,13 +66,26 @@ def files(tmp_path_factory):
   poses = root / "poses"
   poses.mkdir()
   np.savetxt(poses / "p.txt", _keypoints(rng, 40, 48))
-  people = {"people": [{"pose_keypoints_2d": np.concatenate(
-      [_keypoints(rng, 40, 48), np.ones((18, 1))], axis=1).ravel().tolist()}]}
+  people = {
+      "people": [
+          {
+              "pose_keypoints_2d": np.concatenate(
+                  [_keypoints(rng, 40, 48), np.ones((18, 1))], axis=1
+              )
+              .ravel()
+              .tolist()
+          }
+      ]
+  }
   (poses / "q.json").write_text(json.dumps(people))
   np.save(poses / "m.npy", rng.uniform(0, 1, SIZE + (20,)).astype(np.float32))
   kps = [_keypoints(rng, 40, 48) for _ in range(2)]
-  (poses / "r.csv").write_text("name:keypoints_y:keypoints_x\n" + "".join(
-      f"person_{i}.jpg:{kp[:, 1].tolist()}:{kp[:, 0].tolist()}\n" for i, kp in enumerate(kps)))
+  (poses / "r.csv").write_text(
+      "name:keypoints_y:keypoints_x\n"
+      + "".join(
+          f"person_{i}.jpg:{kp[:, 1].tolist()}:{kp[:, 0].tolist()}\n" for i, kp in enumerate(kps)
+      )
+  )
   mask = np.zeros((48, 40), np.uint8)
   mask[10:30] = 255
   Image.fromarray(mask).save(root / "mask.png")
@@ -117,15 +133,21 @@ def test_keypoints_follow_the_source_resize(files):
   assert (pad.offset_x, pad.offset_y, pad.size) == (2.0, 0.0, (32, 27))
   moved = kp * [27 / 40, 32 / 48] + [2, 0]
   moved[kp[:, 0] == -1] = -1
-  np.testing.assert_array_equal(inference.render_pose(pose, SIZE, "source", pad),
-                                pose_lib.pose_map(moved, *SIZE))
-  np.testing.assert_array_equal(inference.render_pose(pose, SIZE, "deepfashion", None),
-                                pose_lib.pose_map(pose_lib.deepfashion_to_frame(kp, *SIZE), *SIZE))
+  np.testing.assert_array_equal(
+      inference.render_pose(pose, SIZE, "source", pad), pose_lib.pose_map(moved, *SIZE)
+  )
+  np.testing.assert_array_equal(
+      inference.render_pose(pose, SIZE, "deepfashion", None),
+      pose_lib.pose_map(pose_lib.deepfashion_to_frame(kp, *SIZE), *SIZE),
+  )
 
 
 def test_pose_files_of_every_format(files):
-  poses = [p for f in sorted(os.listdir(files / "poses"))
-           for p in inference.read_poses(str(files / "poses" / f), SIZE)]
+  poses = [
+      p
+      for f in sorted(os.listdir(files / "poses"))
+      for p in inference.read_poses(str(files / "poses" / f), SIZE)
+  ]
   assert [p.name for p in poses] == ["m", "p", "q", "person_0", "person_1"]
   assert poses[0].pose_map.shape == SIZE + (20,) and poses[0].keypoints is None
   assert all(p.keypoints.shape == (18, 2) for p in poses[1:])
@@ -137,11 +159,21 @@ def test_pose_files_of_every_format(files):
 
 def _run_cli(*args, config=os.path.join(ROOT, "configs", "tiny.py")):
   # one CPU device: the smallest program to compile (sharded sampling is tested elsewhere)
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(
+      os.environ,
+      PYTHONPATH=ROOT,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  )
   config_flag = [f"--config={config}"] if config else []
-  return subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), *config_flag, *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+      [sys.executable, os.path.join(ROOT, "sample.py"), *config_flag, *args],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
 
 
 def test_sample_py_uses_the_checkpoints_own_config(files, tmp_path):
@@ -150,16 +182,29 @@ def test_sample_py_uses_the_checkpoints_own_config(files, tmp_path):
   config = tiny.get_config()
   config.diffusion.prediction = "v"
   checkpointing.save_params(tmp_path / "v_ckpt", _randomised_params(config, seed=4), config)
-  args = [f"--checkpoint={tmp_path / 'v_ckpt'}", f"--source={files / 'a.jpg'}",
-          f"--pose={files / 'poses' / 'p.txt'}", "--config.sample.steps=2", "--seed=1"]
+  args = [
+      f"--checkpoint={tmp_path / 'v_ckpt'}",
+      f"--source={files / 'a.jpg'}",
+      f"--pose={files / 'poses' / 'p.txt'}",
+      "--config.sample.steps=2",
+      "--seed=1",
+  ]
   result = _run_cli(*args, f"--out={tmp_path / 'stored'}", config=None)
   assert result.returncode == 0, result.stderr[-3000:]
   config.sample.steps = 2
-  inference.generate(config, str(tmp_path / "v_ckpt"), [str(files / "a.jpg")],
-                     [str(files / "poses" / "p.txt")], str(tmp_path / "own"), seed=1,
-                     mesh=_mesh(1), progress=False)
-  np.testing.assert_array_equal(_read_png(tmp_path / "stored" / "a_to_p.png"),
-                                _read_png(tmp_path / "own" / "a_to_p.png"))
+  inference.generate(
+      config,
+      str(tmp_path / "v_ckpt"),
+      [str(files / "a.jpg")],
+      [str(files / "poses" / "p.txt")],
+      str(tmp_path / "own"),
+      seed=1,
+      mesh=_mesh(1),
+      progress=False,
+  )
+  np.testing.assert_array_equal(
+      _read_png(tmp_path / "stored" / "a_to_p.png"), _read_png(tmp_path / "own" / "a_to_p.png")
+  )
 
   refused = _run_cli(*args, f"--out={tmp_path / 'refused'}")  # configs/tiny.py predicts eps
   assert refused.returncode != 0
@@ -173,10 +218,17 @@ def test_sample_py_uses_the_checkpoints_own_config(files, tmp_path):
 def test_sample_py_writes_pngs_and_grid(files, tmp_path):
   """All pairs of 2 sources x 5 poses (every pose format), with appearance control."""
   out = tmp_path / "out"
-  result = _run_cli(f"--checkpoint={files / 'ckpt'}", f"--source={files / 'a.jpg'}",
-                    f"--source={files / 'b.png'}", f"--pose_dir={files / 'poses'}",
-                    f"--reference={files / 'grey.png'}", f"--mask={files / 'mask.png'}",
-                    f"--out={out}", "--config.sample.steps=2", "--seed=3")
+  result = _run_cli(
+      f"--checkpoint={files / 'ckpt'}",
+      f"--source={files / 'a.jpg'}",
+      f"--source={files / 'b.png'}",
+      f"--pose_dir={files / 'poses'}",
+      f"--reference={files / 'grey.png'}",
+      f"--mask={files / 'mask.png'}",
+      f"--out={out}",
+      "--config.sample.steps=2",
+      "--seed=3",
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   poses = ["m", "p", "q", "person_0", "person_1"]
   names = sorted(f"{s}_to_{p}.png" for s in ("a", "b") for p in poses)
@@ -193,15 +245,19 @@ def test_sample_py_writes_pngs_and_grid(files, tmp_path):
   grid = _read_png(out / "grid.png")
   # skeleton header, one row per source, then reference | mask; 1 + 5 columns
   assert grid.shape == (4 * 32, 6 * 32, 3)
-  np.testing.assert_array_equal(grid[32:64, :32], inference.load_image(str(files / "a.jpg"),
-                                                                       SIZE)[0])
+  np.testing.assert_array_equal(
+      grid[32:64, :32], inference.load_image(str(files / "a.jpg"), SIZE)[0]
+  )
   np.testing.assert_array_equal(grid[32:64, 64:96], images[names.index("a_to_p.png")])
   np.testing.assert_array_equal(grid[96:, :32], reference)
   log = result.stdout + result.stderr
   # config.sample.batch_size = 4 on one device: three batches, the last one padded
   assert "10 images in 3 batch(es) of 4" in log, log
-  timing = re.search(r"compiling the sampler took ([\d.]+) s, running the first batch ([\d.]+) s; "
-                     r"the other 2 batch\(es\) in ([\d.]+) s", log)
+  timing = re.search(
+      r"compiling the sampler took ([\d.]+) s, running the first batch ([\d.]+) s; "
+      r"the other 2 batch\(es\) in ([\d.]+) s",
+      log,
+  )
   assert timing, log
 
 
@@ -209,12 +265,23 @@ def test_paired_jobs_and_grid():
   assert inference.make_jobs(2, 3, "all") == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
   assert inference.make_jobs(3, 3, "paired") == [(0, 0), (1, 1), (2, 2)]
   assert inference.output_names(["a_to_p", "a_to_p", "b_to_p"]) == [
-      "a_to_p.png", "a_to_p_2.png", "b_to_p.png"]
+      "a_to_p.png",
+      "a_to_p_2.png",
+      "b_to_p.png",
+  ]
   tiles = [np.full(SIZE + (3,), v, np.uint8) for v in (10, 20, 30, 40)]
   sources = [inference.SourceInput("s", "s.png", tiles[0], SIZE)]
   maps = np.zeros(SIZE + (20,), np.float32)
-  grid = inference._make_grid([(0, 0)], [tiles[1]], sources, lambda s, p: maps, "paired", 1,
-                              tiles[2], np.ones(SIZE + (1,), np.float32))
+  grid = inference._make_grid(
+      [(0, 0)],
+      [tiles[1]],
+      sources,
+      lambda s, p: maps,
+      "paired",
+      1,
+      tiles[2],
+      np.ones(SIZE + (1,), np.float32),
+  )
   assert grid.shape == (32, 5 * 32, 3)  # skeleton | source | reference | mask | result
   assert [int(grid[0, 32 * k, 0]) for k in range(5)] == [0, 10, 30, 255, 20]
 
@@ -227,31 +294,55 @@ def test_paired_jobs_and_grid():
 def no_compile(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("the sampler was built although the inputs are bad")
+
   monkeypatch.setattr(sampling, "get_sampler", fail)
 
 
 def _generate(files, tmp_path, config=None, sources=("a.jpg",), poses=("poses/p.txt",), **kw):
   config = config or tiny.get_config()
   kw.setdefault("mesh", _mesh(1))
-  return inference.generate(config, str(kw.pop("checkpoint", files / "ckpt")),
-                            [str(files / s) for s in sources], [str(files / p) for p in poses],
-                            str(tmp_path / "out"), progress=False, **kw)
+  return inference.generate(
+      config,
+      str(kw.pop("checkpoint", files / "ckpt")),
+      [str(files / s) for s in sources],
+      [str(files / p) for p in poses],
+      str(tmp_path / "out"),
+      progress=False,
+      **kw,
+  )
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(sources=("missing.jpg",)), r"source image .*missing\.jpg: file not found"),
-    (dict(sources=("bad.png",)), r"source image .*bad\.png: not a readable image"),
-    (dict(poses=("short.txt",)), r"short\.txt: expected 18 lines of 'x y', got 17 lines"),
-    (dict(poses=("small_map.npy",)), r"small_map\.npy: expected a pose map of shape "
-                                     r"\(32, 32, 20\)"),
-    (dict(poses=("missing.txt",)), r"pose file .*missing\.txt: file not found"),
-    (dict(poses=("a.jpg",)), r"a\.jpg: unknown type '\.jpg'"),
-    (dict(sources=("a.jpg", "b.png"), pairing="paired"),
-     r"--pairing=paired needs as many sources as poses, got 2 sources and 1 poses"),
-    (dict(reference="a.jpg"), r"needs both --reference and --mask"),
-    (dict(checkpoint="nowhere"), r"nowhere does not exist"),
-], ids=["missing-source", "unreadable-source", "keypoint-shape", "pose-map-shape",
-        "missing-pose", "pose-type", "pairing", "reference-without-mask", "no-checkpoint"])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sources=("missing.jpg",)), r"source image .*missing\.jpg: file not found"),
+        (dict(sources=("bad.png",)), r"source image .*bad\.png: not a readable image"),
+        (dict(poses=("short.txt",)), r"short\.txt: expected 18 lines of 'x y', got 17 lines"),
+        (
+            dict(poses=("small_map.npy",)),
+            r"small_map\.npy: expected a pose map of shape " r"\(32, 32, 20\)",
+        ),
+        (dict(poses=("missing.txt",)), r"pose file .*missing\.txt: file not found"),
+        (dict(poses=("a.jpg",)), r"a\.jpg: unknown type '\.jpg'"),
+        (
+            dict(sources=("a.jpg", "b.png"), pairing="paired"),
+            r"--pairing=paired needs as many sources as poses, got 2 sources and 1 poses",
+        ),
+        (dict(reference="a.jpg"), r"needs both --reference and --mask"),
+        (dict(checkpoint="nowhere"), r"nowhere does not exist"),
+    ],
+    ids=[
+        "missing-source",
+        "unreadable-source",
+        "keypoint-shape",
+        "pose-map-shape",
+        "missing-pose",
+        "pose-type",
+        "pairing",
+        "reference-without-mask",
+        "no-checkpoint",
+    ],
+)
 def test_bad_inputs_name_the_file(files, tmp_path, no_compile, kwargs, match):
   with pytest.raises(inference.InputError, match=match):
     _generate(files, tmp_path, **kwargs)
@@ -260,8 +351,9 @@ def test_bad_inputs_name_the_file(files, tmp_path, no_compile, kwargs, match):
 def test_image_size_the_model_cannot_take(files, tmp_path, no_compile):
   config = tiny.get_config()
   config.data.image_size = (31, 32)
-  with pytest.raises(inference.InputError, match=r"config.data.image_size: image size 31x32 .* "
-                                                 r"multiples of 2"):
+  with pytest.raises(
+      inference.InputError, match=r"config.data.image_size: image size 31x32 .* " r"multiples of 2"
+  ):
     _generate(files, tmp_path, config)
 
 
@@ -269,9 +361,11 @@ def test_checkpoint_of_another_model(files, tmp_path, no_compile):
   config = tiny.get_config()
   config.model.base_width = 64
   # refused from the config stored with the checkpoint, one line per differing field
-  with pytest.raises(inference.InputError,
-                     match=r"ckpt was written with another model or diffusion(.|\n)*\n  "
-                           r"model.base_width: stored \d+, given 64$"):
+  with pytest.raises(
+      inference.InputError,
+      match=r"ckpt was written with another model or diffusion(.|\n)*\n  "
+      r"model.base_width: stored \d+, given 64$",
+  ):
     _generate(files, tmp_path, config)
   # without a stored config, the restore itself finds the parameters that do not fit
   os.remove(files / "ckpt" / "config.json")
@@ -283,8 +377,12 @@ def test_checkpoint_of_another_model(files, tmp_path, no_compile):
 
 
 def test_sample_py_error_is_one_line(files, tmp_path):
-  result = _run_cli(f"--checkpoint={files / 'ckpt'}", f"--source={files / 'a.jpg'}",
-                    f"--pose={files / 'short.txt'}", f"--out={tmp_path}")
+  result = _run_cli(
+      f"--checkpoint={files / 'ckpt'}",
+      f"--source={files / 'a.jpg'}",
+      f"--pose={files / 'short.txt'}",
+      f"--out={tmp_path}",
+  )
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "short.txt: expected 18 lines" in last
@@ -295,29 +393,30 @@ def test_image_modes_are_scaled_to_the_8bit_original(tmp_path):
   """16-bit, palette, greyscale, CMYK and alpha images give the 8-bit RGB original exactly."""
   rng = np.random.default_rng(3)
   colours = rng.integers(0, 256, (8, 3), np.uint8)
-  rgb = colours[rng.integers(0, 8, (16, 12))]          # 8 colours: a palette holds them exactly
+  rgb = colours[rng.integers(0, 8, (16, 12))]  # 8 colours: a palette holds them exactly
   grey = np.asarray(Image.fromarray(rgb).convert("L"))
   grey_rgb = np.repeat(grey[..., None], 3, axis=-1)
-  size = rgb.shape[:2]                                  # no resize: pixels compare one to one
+  size = rgb.shape[:2]  # no resize: pixels compare one to one
   load = lambda name: inference.load_image(str(tmp_path / name), size)[0]
 
   Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")  # 16-bit PNG
   assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
   np.testing.assert_array_equal(load("grey16.png"), grey_rgb)
   rgb16 = rgb.astype(np.uint16) * 257
-  cv2.imwrite(str(tmp_path / "rgb16.png"), rgb16[..., ::-1])                    # 16-bit RGB PNG
+  cv2.imwrite(str(tmp_path / "rgb16.png"), rgb16[..., ::-1])  # 16-bit RGB PNG
   np.testing.assert_array_equal(load("rgb16.png"), rgb)
   Image.fromarray(grey).save(tmp_path / "grey8.png")
   np.testing.assert_array_equal(load("grey8.png"), grey_rgb)
   Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8).save(
-      tmp_path / "palette.png")
+      tmp_path / "palette.png"
+  )
   assert Image.open(tmp_path / "palette.png").mode == "P"
   np.testing.assert_array_equal(load("palette.png"), rgb)
   Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.tif")
   assert Image.open(tmp_path / "cmyk.tif").mode == "CMYK"
   np.testing.assert_array_equal(load("cmyk.tif"), rgb)
   alpha = np.full(size, 255, np.uint8)
-  alpha[:, :4] = 0                                      # transparent: the padding colour
+  alpha[:, :4] = 0  # transparent: the padding colour
   Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "rgba.png")
   want = rgb.copy()
   want[:, :4] = inference.PAD_VALUE
@@ -339,15 +438,23 @@ def test_several_people_the_most_complete_is_used_and_said(tmp_path):
   rng = np.random.default_rng(5)
   full, partial = _keypoints(rng, 40, 48), _keypoints(rng, 40, 48)
   partial[:9] = -1
-  as_openpose = lambda kp: {"pose_keypoints_2d": np.concatenate(
-      [np.where(kp == -1, 0, kp), np.where(kp[:, :1] == -1, 0.0, 1.0)], 1).ravel().tolist()}
+  as_openpose = lambda kp: {
+      "pose_keypoints_2d": np.concatenate(
+          [np.where(kp == -1, 0, kp), np.where(kp[:, :1] == -1, 0.0, 1.0)], 1
+      )
+      .ravel()
+      .tolist()
+  }
   path = tmp_path / "two.json"
   path.write_text(json.dumps({"people": [as_openpose(partial), as_openpose(full)]}))
   said = []
   chosen = inference.read_poses(str(path), SIZE, log=said.append)[0]
   np.testing.assert_array_equal(chosen.keypoints, full)
-  assert len(said) == 1 and "2 people (joints found: 8, 16); using person 1 (the most " \
-      "complete skeleton" in said[0] and "--person=N picks another" in said[0], said
+  assert (
+      len(said) == 1
+      and "2 people (joints found: 8, 16); using person 1 (the most " "complete skeleton" in said[0]
+      and "--person=N picks another" in said[0]
+  ), said
   picked = inference.read_poses(str(path), SIZE, person=0, log=said.append)[0]
   np.testing.assert_array_equal(picked.keypoints, partial)
   with pytest.raises(inference.InputError, match=r"two\.json: --person=2, but it holds 2"):
@@ -360,15 +467,17 @@ def test_joints_outside_the_image_are_named(files):
   place = inference.placement((48, 40), SIZE, "stretch")
   assert inference.off_image_joints(inside, SIZE, "source", place) is None
   kp = kp.copy()
-  kp[4] = (-5.0, 10.0)     # left of the image (not the -1 mark)
-  kp[10] = (20.0, 60.0)    # below it
+  kp[4] = (-5.0, 10.0)  # left of the image (not the -1 mark)
+  kp[10] = (20.0, 60.0)  # below it
   outside = inference.PoseInput("out", "out.txt", keypoints=kp)
   message = inference.off_image_joints(outside, SIZE, "source", place)
-  assert message.startswith("pose out (out.txt): 2 joint(s) outside the 32x32 image in the "
-                            "source frame: "), message
+  assert message.startswith(
+      "pose out (out.txt): 2 joint(s) outside the 32x32 image in the " "source frame: "
+  ), message
   names = pose_lib.JOINT_NAMES
   assert f"{names[4]} (-5, 10)" in message and f"{names[10]} (20, 60)" in message
   # the pose map itself is what the official renderer draws (unchanged by the check)
-  np.testing.assert_array_equal(inference.render_pose(outside, SIZE, "source", place),
-                                pose_lib.pose_map(pose_lib.scale_keypoints(kp, (48, 40), SIZE),
-                                                  *SIZE))
+  np.testing.assert_array_equal(
+      inference.render_pose(outside, SIZE, "source", place),
+      pose_lib.pose_map(pose_lib.scale_keypoints(kp, (48, 40), SIZE), *SIZE),
+  )

@@ -50,8 +50,11 @@ def _toy_predict(x, t):
 
 def _run(predict, x_init, plan, options, rng, appearance=None, python_loop=False):
   """sampling.run_steps under one jit (eager dispatch would compile every small op)."""
-  fn = jax.jit(lambda x, k, app: sampling.run_steps(predict, x, plan, options, k, app,
-                                                     python_loop=python_loop))
+  fn = jax.jit(
+      lambda x, k, app: sampling.run_steps(
+          predict, x, plan, options, k, app, python_loop=python_loop
+      )
+  )
   return fn(x_init, rng, appearance)
 
 
@@ -88,8 +91,7 @@ def _count_eqns(jaxpr) -> int:
 
 @pytest.mark.parametrize("steps", [1, 10, 20, 25, 30, 50, 100, 300, 1000])
 def test_official_grid_is_range(steps):
-  np.testing.assert_array_equal(sampling.timestep_grid(T, steps),
-                                list(range(0, T, T // steps)))
+  np.testing.assert_array_equal(sampling.timestep_grid(T, steps), list(range(0, T, T // steps)))
 
 
 def test_trailing_grid_starts_at_last_timestep():
@@ -105,13 +107,16 @@ def test_default_spacing_per_algorithm():
   assert sampling.SamplerOptions(algorithm="dpm_solver").spacing == "trailing"
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(algorithm="euler"), "algorithm"),
-    (dict(steps=0), "steps"),
-    (dict(spacing="uniform"), "spacing"),
-    (dict(eta=0.5, algorithm="dpm_solver"), "eta applies to ddim"),
-    (dict(appearance="late"), "appearance"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(algorithm="euler"), "algorithm"),
+        (dict(steps=0), "steps"),
+        (dict(spacing="uniform"), "spacing"),
+        (dict(eta=0.5, algorithm="dpm_solver"), "eta applies to ddim"),
+        (dict(appearance="late"), "appearance"),
+    ],
+)
 def test_bad_options_raise(kwargs, match):
   with pytest.raises(ValueError, match=match):
     sampling.SamplerOptions(**kwargs)
@@ -150,8 +155,10 @@ def test_ddim_matches_official_loop_in_float64(diffusion, eta):
   out = _run(_toy_predict, x_t, plan, options, rng)
   # the per-step noise the sampler draws: key k of split(rng, n), its first half
   keys = jax.random.split(rng, plan.num_steps)
-  noises = [np.asarray(jax.random.normal(sampling.split_step_key(k)[0], x_t.shape), np.float64)
-            for k in keys]
+  noises = [
+      np.asarray(jax.random.normal(sampling.split_step_key(k)[0], x_t.shape), np.float64)
+      for k in keys
+  ]
   want = _official_ddim_float64(diffusion, np.asarray(x_t, np.float64), steps, eta, noises)
   np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=2e-4)
 
@@ -166,12 +173,16 @@ def test_ddim_eta0_deterministic_and_rng_free(diffusion):
 
 
 @pytest.mark.parametrize("prediction", ["v", "x0"])
-@pytest.mark.parametrize("options", [
-    sampling.SamplerOptions(steps=10, eta=0.7),
-    sampling.SamplerOptions(steps=10, eta=1.0, clip_denoised=True),
-    sampling.SamplerOptions(algorithm="ddpm", steps=5),
-    sampling.SamplerOptions(algorithm="dpm_solver", steps=6),
-], ids=["ddim", "ddim_clipped", "ddpm", "dpm_solver"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        sampling.SamplerOptions(steps=10, eta=0.7),
+        sampling.SamplerOptions(steps=10, eta=1.0, clip_denoised=True),
+        sampling.SamplerOptions(algorithm="ddpm", steps=5),
+        sampling.SamplerOptions(algorithm="dpm_solver", steps=6),
+    ],
+    ids=["ddim", "ddim_clipped", "ddpm", "dpm_solver"],
+)
 def test_v_and_x0_models_sample_like_the_eps_model_they_encode(diffusion, prediction, options):
   """A v- (or x0-) predicting model whose output encodes the toy eps model gives that model's
   samples: the sampler reads the prediction through the process's parameterisation."""
@@ -189,7 +200,7 @@ def test_v_and_x0_models_sample_like_the_eps_model_they_encode(diffusion, predic
   got = _run(encoded, x_t, sampling.make_plan(other, options), options, KEY(6))
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-3, atol=1e-3)
   # and the cached sampler keys on the parameterisation
-  assert (sampling.get_sampler(other, options).plan.diffusion.prediction == prediction)
+  assert sampling.get_sampler(other, options).plan.diffusion.prediction == prediction
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,11 +215,18 @@ def test_ddpm_step_matches_official_formulas(diffusion):
   z = rng.normal(size=x.shape)
   d = diffusion
   for t in (0, 1, 500, 999):
-    got, _ = sampling.ddpm_step(d, jnp.asarray(x, jnp.float32), jnp.asarray(out, jnp.float32),
-                                jnp.int32(t), jnp.asarray(z, jnp.float32), clip=True)
+    got, _ = sampling.ddpm_step(
+        d,
+        jnp.asarray(x, jnp.float32),
+        jnp.asarray(out, jnp.float32),
+        jnp.int32(t),
+        jnp.asarray(z, jnp.float32),
+        clip=True,
+    )
     eps, v = out[..., :3], out[..., 3:]
-    x0 = np.clip(np.sqrt(1 / d.alphas_cumprod[t]) * x - np.sqrt(1 / d.alphas_cumprod[t] - 1) * eps,
-                 -1, 1)
+    x0 = np.clip(
+        np.sqrt(1 / d.alphas_cumprod[t]) * x - np.sqrt(1 / d.alphas_cumprod[t] - 1) * eps, -1, 1
+    )
     mean = d.posterior_mean_coef1[t] * x0 + d.posterior_mean_coef2[t] * x
     frac = (v + 1) / 2
     log_var = frac * np.log(d.betas[t]) + (1 - frac) * d.posterior_log_variance_clipped[t]
@@ -237,8 +255,11 @@ def _gaussian_problem(diffusion, s=0.5):
   def exact(x_start, t_start, t_last):
     ab = diffusion.alphas_cumprod
     a_t, a_0 = ab[t_start], ab[t_last]
-    x = np.asarray(x_start, np.float64) * np.sqrt(a_0 * s * s + 1 - a_0) / np.sqrt(
-        a_t * s * s + 1 - a_t)  # the probability-flow ODE keeps x / std(x_t) constant
+    x = (
+        np.asarray(x_start, np.float64)
+        * np.sqrt(a_0 * s * s + 1 - a_0)
+        / np.sqrt(a_t * s * s + 1 - a_t)
+    )  # the probability-flow ODE keeps x / std(x_t) constant
     eps = np.sqrt(1 - a_0) * x / (a_0 * s * s + 1 - a_0)
     return (x - np.sqrt(1 - a_0) * eps) / np.sqrt(a_0)
 
@@ -252,7 +273,7 @@ def _ode_error(diffusion, algorithm, steps, spacing=None):
   x_t = jax.random.normal(KEY(0), (2, 16, 16, 3))
   out = _run(predict, x_t, plan, options, KEY(1))
   want = exact(x_t, plan.arrays["t"][0], plan.arrays["t"][-1])
-  return float(np.sqrt(np.mean((np.asarray(out, np.float64) - want)**2)))
+  return float(np.sqrt(np.mean((np.asarray(out, np.float64) - want) ** 2)))
 
 
 def test_dpm_solver_is_second_order_and_beats_ddim(diffusion):
@@ -280,18 +301,23 @@ def test_ddpm_samples_have_the_data_spread(diffusion):
 # Loop flavours, appearance control
 
 
-@pytest.mark.parametrize("options", [
-    sampling.SamplerOptions(algorithm="ddpm", steps=3),
-    sampling.SamplerOptions(algorithm="dpm_solver", steps=4, appearance="corrected"),
-], ids=["ddpm", "dpm_solver"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        sampling.SamplerOptions(algorithm="ddpm", steps=3),
+        sampling.SamplerOptions(algorithm="dpm_solver", steps=4, appearance="corrected"),
+    ],
+    ids=["ddpm", "dpm_solver"],
+)
 def test_scan_and_python_loop_agree(diffusion, options):
   plan = sampling.make_plan(diffusion, options)
   x_t = jax.random.normal(KEY(0), (B, 8, 8, 3))
   ref = jax.random.uniform(KEY(3), x_t.shape, minval=-1, maxval=1)
   mask = (jnp.arange(8) < 4).astype(jnp.float32)[None, :, None, None] * jnp.ones((B, 8, 8, 1))
   run = functools.partial(_run, _toy_predict, x_t, plan, options, KEY(4), (ref, mask))
-  np.testing.assert_allclose(np.asarray(run(python_loop=False)),
-                             np.asarray(run(python_loop=True)), rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(
+      np.asarray(run(python_loop=False)), np.asarray(run(python_loop=True)), rtol=2e-5, atol=2e-5
+  )
 
 
 def _appearance_run(diffusion, rule):
@@ -322,14 +348,18 @@ def test_appearance_corrected_keeps_clean_reference(diffusion):
 
 
 def test_appearance_levels_follow_the_rule(diffusion):
-  plans = {r: sampling.make_plan(diffusion, sampling.SamplerOptions(steps=5, appearance=r))
-           for r in ("official", "corrected")}
+  plans = {
+      r: sampling.make_plan(diffusion, sampling.SamplerOptions(steps=5, appearance=r))
+      for r in ("official", "corrected")
+  }
   ab = _ab_ext(diffusion)
   t, t_next = plans["official"].arrays["t"], plans["official"].arrays["t_next"]
-  np.testing.assert_allclose(plans["official"].arrays["blend_a"],
-                             np.sqrt(ab[np.append(t[:-1], 0) + 1]), rtol=1e-6)
-  np.testing.assert_allclose(plans["corrected"].arrays["blend_a"], np.sqrt(ab[t_next + 1]),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      plans["official"].arrays["blend_a"], np.sqrt(ab[np.append(t[:-1], 0) + 1]), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+      plans["corrected"].arrays["blend_a"], np.sqrt(ab[t_next + 1]), rtol=1e-6
+  )
   assert plans["corrected"].arrays["blend_s"][-1] == 0.0
 
 
@@ -337,8 +367,7 @@ def test_python_loop_trace_grows_but_scan_does_not(diffusion):
   def size(steps, python_loop):
     options = sampling.SamplerOptions(steps=steps)
     plan = sampling.make_plan(diffusion, options)
-    fn = lambda x, k: sampling.run_steps(_toy_predict, x, plan, options, k,
-                                         python_loop=python_loop)
+    fn = lambda x, k: sampling.run_steps(_toy_predict, x, plan, options, k, python_loop=python_loop)
     return _count_eqns(jax.make_jaxpr(fn)(jnp.zeros((B, 8, 8, 3)), KEY(0)).jaxpr)
 
   assert size(10, False) == size(100, False)
@@ -366,8 +395,10 @@ class ToyModel(nnx.Module):
 
   def denoise(self, x, pose, t, features):
     self.calls.append(("denoise", x.shape[0]))
-    f = features[0].mean(axis=(1, 2, 3))[:, None, None, None] + features[1].mean(
-        axis=(1, 2, 3))[:, None, None, None]
+    f = (
+        features[0].mean(axis=(1, 2, 3))[:, None, None, None]
+        + features[1].mean(axis=(1, 2, 3))[:, None, None, None]
+    )
     h = jnp.concatenate([x, pose[..., :3] + pose[..., 3:6]], axis=-1)
     return jnp.tanh(h * self.w.value + f + t / 1000.0)
 
@@ -375,28 +406,36 @@ class ToyModel(nnx.Module):
 @pytest.fixture()
 def toy_inputs():
   rng = np.random.default_rng(7)
-  return {k: jnp.asarray(v, jnp.float32) for k, v in dict(
-      x=rng.standard_normal((B, 8, 8, 3)),
-      source=rng.uniform(-1, 1, (B, 8, 8, 3)),
-      source_b=rng.uniform(-1, 1, (B, 8, 8, 3)),
-      pose=rng.uniform(0, 1, (B, 8, 8, 20))).items()}
+  return {
+      k: jnp.asarray(v, jnp.float32)
+      for k, v in dict(
+          x=rng.standard_normal((B, 8, 8, 3)),
+          source=rng.uniform(-1, 1, (B, 8, 8, 3)),
+          source_b=rng.uniform(-1, 1, (B, 8, 8, 3)),
+          pose=rng.uniform(0, 1, (B, 8, 8, 20)),
+      ).items()
+  }
 
 
 def test_guidance_scales_and_batched_passes_toy(toy_inputs):
   model = ToyModel()
   x, pose, t = toy_inputs["x"], toy_inputs["pose"], jnp.int32(400)
-  variants = dict(s1=sampling.SamplerOptions(guidance_scale=1.0),
-                  s0=sampling.SamplerOptions(guidance_scale=0.0),
-                  s2=sampling.SamplerOptions(guidance_scale=2.0),
-                  disentangled=sampling.SamplerOptions(guidance="disentangled", pose_scale=1.5,
-                                                       style_scale=2.5))
+  variants = dict(
+      s1=sampling.SamplerOptions(guidance_scale=1.0),
+      s0=sampling.SamplerOptions(guidance_scale=0.0),
+      s2=sampling.SamplerOptions(guidance_scale=2.0),
+      disentangled=sampling.SamplerOptions(
+          guidance="disentangled", pose_scale=1.5, style_scale=2.5
+      ),
+  )
   calls = {}
 
   @jax.jit
   def compute(x, pose, source):  # one program; the calls are recorded while tracing
     ToyModel.calls = []
-    cond = sampling.encode_conditions(model, dict(source=source, pose=pose),
-                                      sampling.SamplerOptions())
+    cond = sampling.encode_conditions(
+        model, dict(source=source, pose=pose), sampling.SamplerOptions()
+    )
     calls["encode"] = ToyModel.calls
     out = {}
     for name, options in variants.items():
@@ -411,7 +450,9 @@ def test_guidance_scales_and_batched_passes_toy(toy_inputs):
         e00=model.denoise(x, no_pose, t, cond["null_features"]),
         ep0=model.denoise(x, pose, t, cond["null_features"]),
         e0s=model.denoise(x, no_pose, t, cond["features"]),
-        null_features=cond["null_features"][0], zeros=model.encode(jnp.zeros_like(source))[0])
+        null_features=cond["null_features"][0],
+        zeros=model.encode(jnp.zeros_like(source))[0],
+    )
     return out
 
   o = jax.tree.map(np.asarray, compute(x, pose, toy_inputs["source"]))
@@ -431,8 +472,12 @@ def test_guidance_scales_and_batched_passes_toy(toy_inputs):
 def test_style_interpolation_mixes_encoder_features_per_sample(toy_inputs):
   model = ToyModel()
   w = jnp.array([0.0, 0.25])
-  batch = dict(source=toy_inputs["source"], source_b=toy_inputs["source_b"], style_mix=w,
-               pose=toy_inputs["pose"])
+  batch = dict(
+      source=toy_inputs["source"],
+      source_b=toy_inputs["source_b"],
+      style_mix=w,
+      pose=toy_inputs["pose"],
+  )
   cond = sampling.encode_conditions(model, batch, sampling.SamplerOptions(guidance_scale=1.0))
   assert model.calls == [("encode", 2 * B)] and "null_features" not in cond
   fa, fb = model.encode(batch["source"]), model.encode(batch["source_b"])
@@ -482,11 +527,17 @@ def randomised_tiny_model(seed=1, scale=0.15):
   abstract = nnx.eval_shape(lambda: PIDM(tiny.get_config().model, rngs=nnx.Rngs(0)))
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
   rng = np.random.default_rng(seed)
-  params = jax.tree.map(lambda x: jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype),
-                        params)
+  params = jax.tree.map(
+      lambda x: jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype), params
+  )
   rest = jax.tree.map(
-      lambda x: (KEY(0) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-                 else jnp.zeros(x.shape, x.dtype)), rest)
+      lambda x: (
+          KEY(0)
+          if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+          else jnp.zeros(x.shape, x.dtype)
+      ),
+      rest,
+  )
   model = nnx.merge(graphdef, params, rest)
   model.eval()
   return model
@@ -502,21 +553,27 @@ def tiny_batch():
   keys = jax.random.split(KEY(11), 3)
   mask = np.zeros((B, H, W, 1), np.float32)
   mask[:, 4:12] = 1.0
-  return dict(source=jax.random.uniform(keys[0], (B, H, W, 3), minval=-1, maxval=1),
-              pose=jax.random.uniform(keys[1], (B, H, W, 20)),
-              reference=jax.random.uniform(keys[2], (B, H, W, 3), minval=-1, maxval=1),
-              mask=jnp.asarray(mask))
+  return dict(
+      source=jax.random.uniform(keys[0], (B, H, W, 3), minval=-1, maxval=1),
+      pose=jax.random.uniform(keys[1], (B, H, W, 20)),
+      reference=jax.random.uniform(keys[2], (B, H, W, 3), minval=-1, maxval=1),
+      mask=jnp.asarray(mask),
+  )
 
 
 @pytest.fixture(scope="module")
 def mesh2():
-  return Mesh(np.array(jax.devices()[:2]).reshape(2, 1), ("data", "fsdp"),
-              axis_types=(AxisType.Auto,) * 2)
+  return Mesh(
+      np.array(jax.devices()[:2]).reshape(2, 1), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2
+  )
 
 
 def test_explicit_mesh_is_refused():
-  mesh = Mesh(np.array(jax.devices()[:2]).reshape(2, 1), ("data", "fsdp"),
-              axis_types=(AxisType.Explicit,) * 2)
+  mesh = Mesh(
+      np.array(jax.devices()[:2]).reshape(2, 1),
+      ("data", "fsdp"),
+      axis_types=(AxisType.Explicit,) * 2,
+  )
   with pytest.raises(ValueError, match="AxisType.Auto"):
     sampling.Sampler(mesh=mesh)
 
@@ -585,8 +642,9 @@ def test_tiny_batched_guidance_equals_separate_passes(tiny_model, tiny_batch):
   @jax.jit
   def conditions(state, source):
     model = nnx.merge(graphdef, state)
-    return sampling.encode_conditions(model, dict(source=source, pose=pose),
-                                      sampling.SamplerOptions())
+    return sampling.encode_conditions(
+        model, dict(source=source, pose=pose), sampling.SamplerOptions()
+    )
 
   @jax.jit
   def single(state, pose, features):
@@ -601,15 +659,17 @@ def test_tiny_batched_guidance_equals_separate_passes(tiny_model, tiny_batch):
   e_null = single(state, pose, cond["null_features"])
   assert np.abs(np.asarray(e_cond - e_null)).max() > 1e-3  # the condition matters
   out = guided(sampling.SamplerOptions(guidance_scale=2.0), state, cond)
-  np.testing.assert_allclose(np.asarray(out), np.asarray(e_null + 2.0 * (e_cond - e_null)),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(out), np.asarray(e_null + 2.0 * (e_cond - e_null)), rtol=1e-5, atol=1e-5
+  )
 
   no_pose = null_pose(pose.shape)
   e00 = single(state, no_pose, cond["null_features"])
   ep0 = single(state, pose, cond["null_features"])
   e0s = single(state, no_pose, cond["features"])
-  out = guided(sampling.SamplerOptions(guidance="disentangled", pose_scale=2.0, style_scale=3.0),
-               state, cond)
+  out = guided(
+      sampling.SamplerOptions(guidance="disentangled", pose_scale=2.0, style_scale=3.0), state, cond
+  )
   want = e00 + 2.0 * (ep0 - e00) + 3.0 * (e0s - e00)
   np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=1e-5, atol=1e-5)
 
@@ -628,6 +688,7 @@ def test_sample_api_with_given_noise_needs_no_rng(toy_inputs):
   opts = sampling.SamplerOptions(steps=2, guidance_scale=3.0)
   np.testing.assert_array_equal(
       np.asarray(sampling.sample(model, src, pose, noise=noise, options=opts)),
-      np.asarray(sampling.sample(model, src, pose, noise=noise, steps=2, guidance_scale=3.0)))
+      np.asarray(sampling.sample(model, src, pose, noise=noise, steps=2, guidance_scale=3.0)),
+  )
   with pytest.raises(TypeError, match=r"unknown option\(s\) \['guidance_sclae'\]"):
     sampling.sample(model, src, pose, noise=noise, guidance_sclae=3.0)

@@ -21,8 +21,8 @@ def test_swap_partners_pick_another_identity():
 
 def test_body_masks_follow_the_keypoints():
   kp = np.full((2, 18, 2), -1.0)
-  kp[0, 1] = (16, 8)     # neck (x, y)
-  kp[0, 8] = (16, 24)    # right hip: one limb, neck -> hip, a vertical bar at x = 16
+  kp[0, 1] = (16, 8)  # neck (x, y)
+  kp[0, 8] = (16, 24)  # right hip: one limb, neck -> hip, a vertical bar at x = 16
   masks = source_swap.body_masks(kp, 32, 32)
   assert masks.shape == (2, 32, 32) and masks.dtype == bool
   assert masks[0, 16, 16] and masks[0, 8, 16] and not masks[0, 16, 2] and not masks[0, 30, 30]
@@ -37,8 +37,7 @@ def test_body_colour_error_is_cie76_inside_the_mask():
   black, white = -np.ones((1, 4, 4, 3)), np.ones((1, 4, 4, 3))
   mask = np.zeros((1, 4, 4), bool)
   mask[0, :2] = True
-  np.testing.assert_allclose(source_swap.body_colour_error(black, white, mask), [100.0],
-                             atol=1e-3)
+  np.testing.assert_allclose(source_swap.body_colour_error(black, white, mask), [100.0], atol=1e-3)
   mixed = white.copy()
   mixed[0, 2:] = -1  # differs only outside the mask
   np.testing.assert_allclose(source_swap.body_colour_error(mixed, white, mask), [0.0], atol=1e-9)
@@ -54,8 +53,12 @@ def _pairs(n=4, size=32):
   image = np.clip(colours + texture, -1, 1).astype(np.float32)
   kp = np.full((n, 18, 2), -1.0, np.float32)
   kp[:, 1], kp[:, 8] = (16, 6), (16, 26)
-  return {"source_image": image, "target_image": image.copy(),
-          "target_pose": np.zeros((n, size, size, 20), np.float32), "target_keypoints": kp}
+  return {
+      "source_image": image,
+      "target_image": image.copy(),
+      "target_pose": np.zeros((n, size, size, 20), np.float32),
+      "target_keypoints": kp,
+  }
 
 
 def test_evaluate_tells_a_source_copier_from_a_source_ignorer():
@@ -65,8 +68,9 @@ def test_evaluate_tells_a_source_copier_from_a_source_ignorer():
   assert copier["ssim"] == pytest.approx(1.0) and copier["body_colour_error"] == pytest.approx(0)
   assert copier["ssim_swapped_source"] < 1.0
   assert copier["body_colour_error_swapped_source"] > 5.0
-  np.testing.assert_array_equal(copier["samples_swapped_source"],
-                                pairs["source_image"][copier["partners"]])
+  np.testing.assert_array_equal(
+      copier["samples_swapped_source"], pairs["source_image"][copier["partners"]]
+  )
   grey = lambda source, pose: np.zeros_like(source) + pairs["target_image"][0] * 0.1
   ignorer = source_swap.evaluate(grey, pairs, ids)
   assert ignorer["ssim"] == ignorer["ssim_swapped_source"]

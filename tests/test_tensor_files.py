@@ -61,7 +61,12 @@ def test_safetensors_bfloat16_and_float8_round_trip(tmp_path, monkeypatch):
   tensor_files.save_safetensors(path, tensors)
   header = _header(path)
   assert {k: header[k]["dtype"] for k in tensors} == {
-      "bf": "BF16", "e4m3": "F8_E4M3", "e5m2": "F8_E5M2", "f32": "F32", "bf_empty": "BF16"}
+      "bf": "BF16",
+      "e4m3": "F8_E4M3",
+      "e5m2": "F8_E5M2",
+      "f32": "F32",
+      "bf_empty": "BF16",
+  }
   for out in (tensor_files.load_safetensors(path), tensor_files.load_torch_checkpoint(path)):
     assert list(out) == list(tensors)
     for k, v in tensors.items():
@@ -71,7 +76,7 @@ def test_safetensors_bfloat16_and_float8_round_trip(tmp_path, monkeypatch):
   raw = path.read_bytes()
   begin, end = header["bf"]["data_offsets"]
   base = 8 + struct.unpack("<Q", raw[:8])[0]
-  words = np.frombuffer(raw[base + begin:base + end], "<u2")
+  words = np.frombuffer(raw[base + begin : base + end], "<u2")
   expected = (tensors["bf"].astype(np.float32).view("<u4") >> 16).astype("<u2").reshape(-1)
   np.testing.assert_array_equal(words, expected)
 
@@ -89,11 +94,13 @@ def test_safetensors_bfloat16_written_by_the_package_reads(tmp_path):
 
 def test_safetensors_order_metadata_and_layouts(tmp_path):
   a = np.arange(12, dtype=np.float32).reshape(3, 4)
-  tensors = {"z.weight": a.T,  # a transposed view: written in logical (C) order
-             "b": np.arange(5, dtype=">f4"),  # big-endian: written little-endian
-             "a": np.array([True, False]),
-             "scalar": np.float64(2.5),
-             "m": np.arange(3, dtype=np.int64)}
+  tensors = {
+      "z.weight": a.T,  # a transposed view: written in logical (C) order
+      "b": np.arange(5, dtype=">f4"),  # big-endian: written little-endian
+      "a": np.array([True, False]),
+      "scalar": np.float64(2.5),
+      "m": np.arange(3, dtype=np.int64),
+  }
   path = tmp_path / "x.safetensors"
   tensor_files.save_safetensors(path, tensors, metadata={"format": "pt", "step": 7})
   meta = safetensors.safe_open(str(path), framework="numpy").metadata()
@@ -171,6 +178,7 @@ def test_plain_pickle_of_numpy_arrays(tmp_path, protocol):
 
 
 class _Runs:
+
   def __init__(self, marker):
     self.marker = marker
 
@@ -180,15 +188,27 @@ class _Runs:
 
 def test_plain_pickles_that_are_not_arrays_of_numbers_are_refused(tmp_path):
   cases = {
-      "object_array": (np.array([1, "a", None], dtype=object), tensor_files.CheckpointFormatError,
-                       "object"),
-      "records": (np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]),
-                  tensor_files.CheckpointFormatError, "numpy dtype"),
+      "object_array": (
+          np.array([1, "a", None], dtype=object),
+          tensor_files.CheckpointFormatError,
+          "object",
+      ),
+      "records": (
+          np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]),
+          tensor_files.CheckpointFormatError,
+          "numpy dtype",
+      ),
       "strings": (np.array(["ab", "c"]), tensor_files.CheckpointFormatError, "numbers"),
-      "print": ({"a": print}, tensor_files.UnsafePickleError,
-                r"refusing to load (builtins|__builtin__)\.print"),
-      "system": ({"a": _Runs(tmp_path / "ran")}, tensor_files.UnsafePickleError,
-                 r"(os|posix)\.system"),
+      "print": (
+          {"a": print},
+          tensor_files.UnsafePickleError,
+          r"refusing to load (builtins|__builtin__)\.print",
+      ),
+      "system": (
+          {"a": _Runs(tmp_path / "ran")},
+          tensor_files.UnsafePickleError,
+          r"(os|posix)\.system",
+      ),
   }
   for name, (obj, error, message) in cases.items():
     for protocol in (2, 5):
@@ -218,14 +238,21 @@ def test_file_format(tmp_path):
       pickle.dump(obj, legacy, protocol=protocol)
     (tmp_path / f"legacy{protocol}.pt").write_bytes(legacy.getvalue())
   (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"a": 1}))
-  expected = {"a.npz": "npz", "empty.npz": "npz", "a.safetensors": "safetensors",
-              "a.pt": "torch-zip", "legacy2.pt": "torch-legacy", "legacy4.pt": "torch-legacy",
-              "plain.pkl": "pickle"}
+  expected = {
+      "a.npz": "npz",
+      "empty.npz": "npz",
+      "a.safetensors": "safetensors",
+      "a.pt": "torch-zip",
+      "legacy2.pt": "torch-legacy",
+      "legacy4.pt": "torch-legacy",
+      "plain.pkl": "pickle",
+  }
   for name, fmt in expected.items():
     assert tensor_files.file_format(tmp_path / name) == fmt, name
   assert set(expected.values()) == set(tensor_files.FORMATS)
-  np.testing.assert_array_equal(tensor_files.load_torch_checkpoint(tmp_path / "a.npz")["w"],
-                                np.ones(2, np.float32))
+  np.testing.assert_array_equal(
+      tensor_files.load_torch_checkpoint(tmp_path / "a.npz")["w"], np.ones(2, np.float32)
+  )
   assert tensor_files.load_torch_checkpoint(tmp_path / "empty.npz") == {}
   assert tensor_files.load_torch_checkpoint(tmp_path / "plain.pkl") == {"a": 1}
   with pytest.raises(tensor_files.CheckpointFormatError, match="junk.zip.*not a torch.save"):

@@ -26,15 +26,19 @@ def _config(**train_overrides):
 
 def _mesh(cfg, data, fsdp):
   cfg.mesh.data, cfg.mesh.fsdp = data, fsdp
-  return sharding.create_mesh(cfg.mesh, devices=jax.devices()[:data * fsdp])
+  return sharding.create_mesh(cfg.mesh, devices=jax.devices()[: data * fsdp])
 
 
 def _batch(seed=0, pairs=8, size=32):
   rng = np.random.default_rng(seed)
   img = lambda: rng.uniform(-1, 1, (pairs, size, size, 3)).astype(np.float32)
   pose = lambda: rng.uniform(0, 1, (pairs, size, size, 20)).astype(np.float32)
-  return {"source_image": img(), "target_image": img(), "source_pose": pose(),
-          "target_pose": pose()}
+  return {
+      "source_image": img(),
+      "target_image": img(),
+      "source_pose": pose(),
+      "target_pose": pose(),
+  }
 
 
 def _leaves(tree):
@@ -64,14 +68,20 @@ def test_mesh_helpers():
   # big kernels split over fsdp, small ones replicated, indivisible dims replicated (the rules and
   # the size threshold come from the config only)
   rules, min_size = sharding.rules_from_config(cfg), sharding.min_shard_size_from_config(cfg)
-  assert sharding.spec_for((3, 3, 128, 256), ("conv_height", "conv_width", "conv_in", "conv_out"),
-                           mesh, rules, min_size) == jax.sharding.PartitionSpec(None, None, None,
-                                                                                "fsdp")
-  assert sharding.spec_for((256,), ("conv_out",), mesh, rules, min_size) == \
-      jax.sharding.PartitionSpec()
-  assert sharding.spec_for((3, 3, 128, 255), ("conv_height", "conv_width", "conv_in",
-                                               "conv_out"), mesh, rules, min_shard_size=1) == \
-      jax.sharding.PartitionSpec(None, None, None, None)
+  assert sharding.spec_for(
+      (3, 3, 128, 256), ("conv_height", "conv_width", "conv_in", "conv_out"), mesh, rules, min_size
+  ) == jax.sharding.PartitionSpec(None, None, None, "fsdp")
+  assert (
+      sharding.spec_for((256,), ("conv_out",), mesh, rules, min_size)
+      == jax.sharding.PartitionSpec()
+  )
+  assert sharding.spec_for(
+      (3, 3, 128, 255),
+      ("conv_height", "conv_width", "conv_in", "conv_out"),
+      mesh,
+      rules,
+      min_shard_size=1,
+  ) == jax.sharding.PartitionSpec(None, None, None, None)
   cfg.sharding.rules = (("conv_outt", "fsdp"),)
   with pytest.raises(ValueError, match="unknown logical axis 'conv_outt'"):
     sharding.rules_from_config(cfg)
@@ -85,14 +95,21 @@ def test_mesh_helpers():
 
 
 def test_learning_rate_and_ema_rule():
-  cfg = train.learning_rate_schedule(_config(warmup_steps=5000, warmup_init_lr=8e-7,
-                                              learning_rate=2e-5).train)
+  cfg = train.learning_rate_schedule(
+      _config(warmup_steps=5000, warmup_init_lr=8e-7, learning_rate=2e-5).train
+  )
   assert float(cfg(0)) == pytest.approx(8e-7, rel=1e-5)
   assert float(cfg(2500)) == pytest.approx(8e-7 + 0.5 * (2e-5 - 8e-7), rel=1e-5)
   assert float(cfg(5000)) == pytest.approx(2e-5) and float(cfg(10**6)) == pytest.approx(2e-5)
-  cosine = train.learning_rate_schedule(_config(
-      warmup_steps=100, warmup_init_lr=0.0, learning_rate=1e-3, lr_decay="cosine",
-      num_train_steps=1100).train)
+  cosine = train.learning_rate_schedule(
+      _config(
+          warmup_steps=100,
+          warmup_init_lr=0.0,
+          learning_rate=1e-3,
+          lr_decay="cosine",
+          num_train_steps=1100,
+      ).train
+  )
   assert float(cosine(50)) == pytest.approx(5e-4, rel=1e-5)
   assert float(cosine(100)) == pytest.approx(1e-3, rel=1e-5)
   assert float(cosine(600)) == pytest.approx(5e-4, rel=1e-4)  # half way down the cosine
@@ -194,16 +211,23 @@ class _FakeIterator:
 def fake_pipeline(monkeypatch):
   """Replaces the grain pipeline by _FakeIterator (grain state saving is tested with grain)."""
   from input_pipeline import pipeline
+
   options = {}
 
   def create_datasets(config, batch_sharding, **kwargs):
     return _FakeIterator(batch_sharding, **options), None
 
   monkeypatch.setattr(pipeline, "create_datasets", create_datasets)
-  monkeypatch.setattr(checkpointing.TrainCheckpointer, "save",
-                      _save_without_iterator(checkpointing.TrainCheckpointer.save))
-  monkeypatch.setattr(checkpointing.TrainCheckpointer, "restore",
-                      _restore_without_iterator(checkpointing.TrainCheckpointer.restore))
+  monkeypatch.setattr(
+      checkpointing.TrainCheckpointer,
+      "save",
+      _save_without_iterator(checkpointing.TrainCheckpointer.save),
+  )
+  monkeypatch.setattr(
+      checkpointing.TrainCheckpointer,
+      "restore",
+      _restore_without_iterator(checkpointing.TrainCheckpointer.restore),
+  )
   return options
 
 
@@ -211,6 +235,7 @@ def _save_without_iterator(save):
   def wrapped(self, step, state, data_iterator=None, force=False):
     self.iterator_count = getattr(data_iterator, "count", None)
     return save(self, step, state, None, force)
+
   return wrapped
 
 
@@ -220,6 +245,7 @@ def _restore_without_iterator(restore):
     if data_iterator is not None:
       data_iterator.set_state({"count": int(state.step)})
     return state
+
   return wrapped
 
 
@@ -236,8 +262,14 @@ def test_nonfinite_loss_stops_with_the_step(tmp_path, fake_pipeline):
 
 def test_skip_nonfinite_skips_the_update_and_counts_it(tmp_path, fake_pipeline):
   fake_pipeline["nan"] = True
-  cfg = _config(num_train_steps=3, checkpoint_every=1, log_every=1, sample_every=0,
-                skip_nonfinite=True, keep_checkpoints=5)
+  cfg = _config(
+      num_train_steps=3,
+      checkpoint_every=1,
+      log_every=1,
+      sample_every=0,
+      skip_nonfinite=True,
+      keep_checkpoints=5,
+  )
   cfg.mesh.data, cfg.mesh.fsdp = 8, 1
   summary = train.train_and_evaluate(cfg, str(tmp_path / "skip"))
   assert summary["step"] == 3 and summary["nonfinite_steps_skipped"] == 1
@@ -263,6 +295,7 @@ def test_source_swap_tells_whether_the_source_is_used(trainers):
       if "kernel" in key and any(n in key for n in names):
         return np.random.default_rng(len(key)).normal(0, 0.5, leaf.shape).astype(leaf.dtype)
       return leaf
+
     return jax.tree_util.tree_map_with_path(fn, params)
 
   # Zero-initialised layers opened, except the cross-attention output projections: the denoiser
@@ -273,8 +306,9 @@ def test_source_swap_tells_whether_the_source_is_used(trainers):
     return evaluator.source_swap(trainer.model_from_params(params), pairs)
 
   closed = source_swap(randomise("out_conv"), pairs)
-  assert all(pairs["person_id"][j] != pairs["person_id"][i]
-             for i, j in enumerate(closed["partners"]))
+  assert all(
+      pairs["person_id"][j] != pairs["person_id"][i] for i, j in enumerate(closed["partners"])
+  )
   np.testing.assert_array_equal(closed["samples"], closed["samples_swapped_source"])
   assert closed["ssim"] == closed["ssim_swapped_source"]
   assert closed["body_colour_error"] == closed["body_colour_error_swapped_source"] > 0
@@ -290,10 +324,12 @@ def test_source_swap_tells_whether_the_source_is_used(trainers):
     source_swap(params, dict(pairs, person_id=["a"] * 4))
 
 
-def test_an_unreadable_newest_checkpoint_is_moved_aside_and_the_run_resumes(tmp_path,
-                                                                           fake_pipeline):
-  cfg = _config(num_train_steps=2, checkpoint_every=1, log_every=1, sample_every=0,
-                keep_checkpoints=5)
+def test_an_unreadable_newest_checkpoint_is_moved_aside_and_the_run_resumes(
+    tmp_path, fake_pipeline
+):
+  cfg = _config(
+      num_train_steps=2, checkpoint_every=1, log_every=1, sample_every=0, keep_checkpoints=5
+  )
   cfg.mesh.data, cfg.mesh.fsdp = 8, 1
   run = tmp_path / "run"
   directory = run / "checkpoints"
@@ -308,14 +344,19 @@ def test_an_unreadable_newest_checkpoint_is_moved_aside_and_the_run_resumes(tmp_
   assert summary["step"] == 2
   assert (directory / "unreadable_step_2").is_dir()  # kept, not deleted
   assert sorted(p.name for p in directory.iterdir() if p.name.isdigit()) == ["1", "2"]
-  assert all(np.isfinite(x).all()
-             for x in _leaves(checkpointing.restore_ema_params(directory, cfg.model, step=2)))
+  assert all(
+      np.isfinite(x).all()
+      for x in _leaves(checkpointing.restore_ema_params(directory, cfg.model, step=2))
+  )
 
   # nothing readable: nothing is moved, and the error says how to start over
   for step in (1, 2):
     assert _truncate_arrays(directory / str(step) / "train_state")
-  with pytest.raises(ValueError, match=r"no checkpoint .* can be read .*step 2: .*step 1: "
-                                       r".*nothing was moved. To start over"):
+  with pytest.raises(
+      ValueError,
+      match=r"no checkpoint .* can be read .*step 2: .*step 1: "
+      r".*nothing was moved. To start over",
+  ):
     train.train_and_evaluate(cfg, str(run))
   assert sorted(p.name for p in directory.iterdir() if p.name.isdigit()) == ["1", "2"]
 

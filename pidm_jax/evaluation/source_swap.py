@@ -39,8 +39,13 @@ from pidm_jax.evaluation import masks as masks_lib
 from pidm_jax.evaluation.ssim import ssim_gaussian
 
 HIGH_NOISE_FRACTIONS = (0.8, 0.9, 0.95)
-METRIC_KEYS = ("ssim", "ssim_swapped_source", "ssim_copy_source", "body_colour_error",
-               "body_colour_error_swapped_source")
+METRIC_KEYS = (
+    "ssim",
+    "ssim_swapped_source",
+    "ssim_copy_source",
+    "body_colour_error",
+    "body_colour_error_swapped_source",
+)
 
 
 # Gathered of each pair: the model's inputs and the target keypoints (for the body regions).
@@ -83,9 +88,12 @@ def swap_partners(person_ids: Sequence[str]) -> np.ndarray:
   ids = [str(p) for p in person_ids]
   n = len(ids)
   if len(set(ids)) < 2:
-    raise ValueError(f"the source-swap evaluation needs pairs of at least two identities; the "
-                     f"{n} pairs given are all of {ids[0]!r}" if n else
-                     "the source-swap evaluation needs pairs of at least two identities; none given")
+    raise ValueError(
+        f"the source-swap evaluation needs pairs of at least two identities; the "
+        f"{n} pairs given are all of {ids[0]!r}"
+        if n
+        else "the source-swap evaluation needs pairs of at least two identities; none given"
+    )
   partners = np.empty(n, np.int64)
   for i in range(n):
     for k in range(n):
@@ -123,8 +131,10 @@ def body_colour_error(images, targets, masks) -> np.ndarray:
 
   images, targets, masks = np.asarray(images), np.asarray(targets), np.asarray(masks, bool)
   if images.shape != targets.shape or images.shape[:3] != masks.shape or images.shape[-1] != 3:
-    raise ValueError(f"images {images.shape}, targets {targets.shape} and masks {masks.shape} must "
-                     "be (N, H, W, 3), (N, H, W, 3) and (N, H, W)")
+    raise ValueError(
+        f"images {images.shape}, targets {targets.shape} and masks {masks.shape} must "
+        "be (N, H, W, 3), (N, H, W, 3) and (N, H, W)"
+    )
   to01 = lambda x: (np.clip(x.astype(np.float64), -1.0, 1.0) + 1.0) / 2.0
   delta = color.deltaE_cie76(color.rgb2lab(to01(images)), color.rgb2lab(to01(targets)))
   out = np.full(len(images), np.nan)
@@ -134,8 +144,11 @@ def body_colour_error(images, targets, masks) -> np.ndarray:
   return out
 
 
-def evaluate(sample_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], pairs: Mapping,
-             person_ids: Sequence[str]) -> dict:
+def evaluate(
+    sample_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    pairs: Mapping,
+    person_ids: Sequence[str],
+) -> dict:
   """Samples every target pose from its own and from a swapped source; scores both.
 
   Args:
@@ -167,8 +180,9 @@ def evaluate(sample_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], pairs: M
       "ssim_swapped_source": ssim(swapped),
       "ssim_copy_source": ssim(source),
       "body_colour_error": float(np.nanmean(body_colour_error(own, target, region))),
-      "body_colour_error_swapped_source": float(np.nanmean(
-          body_colour_error(swapped, target, region))),
+      "body_colour_error_swapped_source": float(
+          np.nanmean(body_colour_error(swapped, target, region))
+      ),
       "body_fraction": float(region.mean()),
       "partners": partners,
       "samples": own,
@@ -176,8 +190,17 @@ def evaluate(sample_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], pairs: M
   }
 
 
-def high_noise_x0_error(model, diffusion, source, swapped_source, pose, x0, region, key,
-                        fractions: Sequence[float] = HIGH_NOISE_FRACTIONS):
+def high_noise_x0_error(
+    model,
+    diffusion,
+    source,
+    swapped_source,
+    pose,
+    x0,
+    region,
+    key,
+    fractions: Sequence[float] = HIGH_NOISE_FRACTIONS,
+):
   """(own, swapped) mean squared x0 error inside ``region`` at high noise; traceable (jit it).
 
   ``x0`` is noised at the timesteps ``fractions`` of the schedule (the same noise for both
@@ -196,9 +219,9 @@ def high_noise_x0_error(model, diffusion, source, swapped_source, pose, x0, regi
     x_t = diffusion.q_sample(x0, tt, noise)
 
     def err(f):
-      pred = model.denoise(x_t, pose, tt, f)[..., :x0.shape[-1]]
+      pred = model.denoise(x_t, pose, tt, f)[..., : x0.shape[-1]]
       x0_hat = jnp.clip(diffusion.eps_and_xstart(pred, x_t, tt)[1], -1.0, 1.0)
-      return jnp.sum(weight * (x0_hat - x0)**2) / denom
+      return jnp.sum(weight * (x0_hat - x0) ** 2) / denom
 
     return err(features[0]), err(features[1])
 

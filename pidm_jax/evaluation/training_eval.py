@@ -43,8 +43,15 @@ from pidm_jax.evaluation import source_swap as swap_lib
 from pidm_jax.evaluation.ssim import ssim_gaussian
 
 # The figures every evaluation reports (more when LPIPS or FID weights are configured).
-SUMMARY_METRICS = ("ssim", "ssim_copy_source", "ssim_swapped_source", "body_colour_error",
-                   "body_colour_error_swapped_source", "body_x0_mse", "body_x0_mse_swapped_source")
+SUMMARY_METRICS = (
+    "ssim",
+    "ssim_copy_source",
+    "ssim_swapped_source",
+    "body_colour_error",
+    "body_colour_error_swapped_source",
+    "body_x0_mse",
+    "body_x0_mse_swapped_source",
+)
 
 # name -> TensorBoard tag of the two grids (files ``samples/<name>_<step>.png``).
 GRID_TAGS = {
@@ -57,9 +64,17 @@ _GRID_FILES = {"grid": "step", "swap_grid": "swap_step"}
 def image_grid(pairs: dict, samples: np.ndarray) -> np.ndarray:
   """Rows of [source | target skeleton | sample | ground truth], uint8 RGB."""
   pixels, skeleton = encoding.image_to_uint8, encoding.pose_to_skeleton
-  return encoding.grid([[pixels(pairs["source_image"][i]), skeleton(pairs["target_pose"][i]),
-                         pixels(samples[i]), pixels(pairs["target_image"][i])]
-                        for i in range(len(samples))])
+  return encoding.grid(
+      [
+          [
+              pixels(pairs["source_image"][i]),
+              skeleton(pairs["target_pose"][i]),
+              pixels(samples[i]),
+              pixels(pairs["target_image"][i]),
+          ]
+          for i in range(len(samples))
+      ]
+  )
 
 
 def swap_grid(pairs: dict, swap: dict) -> np.ndarray:
@@ -67,10 +82,19 @@ def swap_grid(pairs: dict, swap: dict) -> np.ndarray:
   one target pose drawn, with the same noise, from two different people (uint8 RGB)."""
   src = pairs["source_image"]
   pixels, skeleton = encoding.image_to_uint8, encoding.pose_to_skeleton
-  return encoding.grid([[skeleton(pairs["target_pose"][i]), pixels(src[i]),
-                         pixels(swap["samples"][i]), pixels(src[j]),
-                         pixels(swap["samples_swapped_source"][i]), pixels(pairs["target_image"][i])]
-                        for i, j in enumerate(swap["partners"])])
+  return encoding.grid(
+      [
+          [
+              skeleton(pairs["target_pose"][i]),
+              pixels(src[i]),
+              pixels(swap["samples"][i]),
+              pixels(src[j]),
+              pixels(swap["samples_swapped_source"][i]),
+              pixels(pairs["target_image"][i]),
+          ]
+          for i, j in enumerate(swap["partners"])
+      ]
+  )
 
 
 def _to255(x) -> np.ndarray:
@@ -109,9 +133,13 @@ class TrainingEval:
   @classmethod
   def from_config(cls, config, diffusion: GaussianDiffusion, **overrides) -> "TrainingEval":
     """From a run's config: ``sample`` (the sampler), ``eval`` (the weights) and ``seed``."""
-    values = dict(sampler=sampling.SamplerOptions.from_config(config.sample), seed=config.seed,
-                  lpips_weights=config.eval.lpips_weights, fid_weights=config.eval.fid_weights,
-                  fid_network=config.eval.fid_network)
+    values = dict(
+        sampler=sampling.SamplerOptions.from_config(config.sample),
+        seed=config.seed,
+        lpips_weights=config.eval.lpips_weights,
+        fid_weights=config.eval.fid_weights,
+        fid_network=config.eval.fid_network,
+    )
     values.update(overrides)
     return cls(diffusion, **values)
 
@@ -125,9 +153,11 @@ class TrainingEval:
     if self.fid_weights:
       network = self.fid_network or runner.detect_fid_network(self.fid_weights)
       self._inception = nnx.split(inception_lib.load_inception(self.fid_weights, network))
-      self.say(f"eval: fid_small_sample uses InceptionV3 '{network}' from {self.fid_weights}: FID "
-               "of the fixed sample pairs against their own ground truth, not comparable to the "
-               "protocol's FID")
+      self.say(
+          f"eval: fid_small_sample uses InceptionV3 '{network}' from {self.fid_weights}: FID "
+          "of the fixed sample pairs against their own ground truth, not comparable to the "
+          "protocol's FID"
+      )
     else:
       self.say("eval: small-sample FID skipped (config.eval.fid_weights is not set)")
     diffusion = self.diffusion
@@ -140,8 +170,9 @@ class TrainingEval:
   def sample(self, model, source, pose) -> np.ndarray:
     """The targets drawn from ``source`` images in the target ``pose`` maps, in [-1, 1]."""
     sampler = sampling.get_sampler(self.diffusion, self.sampler)
-    images = sampler(model, {"source": jnp.asarray(source), "pose": jnp.asarray(pose)},
-                     jax.random.key(self.seed))
+    images = sampler(
+        model, {"source": jnp.asarray(source), "pose": jnp.asarray(pose)}, jax.random.key(self.seed)
+    )
     return np.clip(np.asarray(jax.device_get(images)), -1.0, 1.0)
 
   def source_swap(self, model, pairs: dict) -> dict:
@@ -151,15 +182,23 @@ class TrainingEval:
     ``person_id`` (at least two identities). Returns the metrics, both sample arrays and the
     partners.
     """
-    result = swap_lib.evaluate(lambda source, pose: self.sample(model, source, pose), pairs,
-                               pairs["person_id"])
+    result = swap_lib.evaluate(
+        lambda source, pose: self.sample(model, source, pose), pairs, pairs["person_id"]
+    )
     h, w = pairs["target_image"].shape[1:3]
     region = swap_lib.body_masks(pairs["target_keypoints"], h, w)
     source = np.asarray(pairs["source_image"])
-    own, other = jax.device_get(self._x0_errors(
-        *nnx.split(model), jnp.asarray(source),
-        jnp.asarray(source[result["partners"]]), jnp.asarray(pairs["target_pose"]),
-        jnp.asarray(pairs["target_image"]), jnp.asarray(region), jax.random.key(self.seed)))
+    own, other = jax.device_get(
+        self._x0_errors(
+            *nnx.split(model),
+            jnp.asarray(source),
+            jnp.asarray(source[result["partners"]]),
+            jnp.asarray(pairs["target_pose"]),
+            jnp.asarray(pairs["target_image"]),
+            jnp.asarray(region),
+            jax.random.key(self.seed),
+        )
+    )
     result.update(body_x0_mse=float(own), body_x0_mse_swapped_source=float(other))
     return result
 
@@ -169,21 +208,24 @@ class TrainingEval:
     target = _to255(pairs["target_image"])
     quality = {
         "ssim": float(np.mean(np.asarray(ssim_gaussian(_to255(samples), target)))),
-        "ssim_copy_source": float(np.mean(np.asarray(
-            ssim_gaussian(_to255(pairs["source_image"]), target)))),
+        "ssim_copy_source": float(
+            np.mean(np.asarray(ssim_gaussian(_to255(pairs["source_image"]), target)))
+        ),
     }
     generated = jnp.asarray(np.clip(np.asarray(samples, np.float32), -1, 1))
     truth = jnp.asarray(np.clip(np.asarray(pairs["target_image"], np.float32), -1, 1))
     if self._lpips is not None:
-      quality["lpips"] = float(np.mean(np.asarray(_apply(*self._lpips, generated, truth),
-                                                  np.float64)))
+      quality["lpips"] = float(
+          np.mean(np.asarray(_apply(*self._lpips, generated, truth), np.float64))
+      )
     if self._inception is not None:
       if len(samples) < 2:
         self.say("eval: fid_small_sample needs at least 2 sample pairs; skipped")
       else:
         feats = [np.asarray(_apply(*self._inception, (x + 1.0) / 2.0)) for x in (generated, truth)]
         quality["fid_small_sample"] = fid.frechet_distance(
-            *fid.activation_statistics(feats[0]), *fid.activation_statistics(feats[1]))
+            *fid.activation_statistics(feats[0]), *fid.activation_statistics(feats[1])
+        )
     return quality
 
   def evaluate(self, model, pairs: dict) -> tuple[dict, dict]:
@@ -210,10 +252,11 @@ def save_grids(grids: dict, directory: str, step: int) -> dict:
 
 def summary_line(step: int, metrics: dict) -> str:
   """The one line training prints after an evaluation."""
-  extra = "".join(f", {k} {metrics[k]:.4f}" for k in ("lpips", "fid_small_sample")
-                  if k in metrics)
-  return (f"step {step}: test SSIM {metrics['ssim']:.4f} (swapped source "
-          f"{metrics['ssim_swapped_source']:.4f}, copying the source "
-          f"{metrics['ssim_copy_source']:.4f}), body colour error "
-          f"{metrics['body_colour_error']:.2f} (swapped source "
-          f"{metrics['body_colour_error_swapped_source']:.2f}){extra}")
+  extra = "".join(f", {k} {metrics[k]:.4f}" for k in ("lpips", "fid_small_sample") if k in metrics)
+  return (
+      f"step {step}: test SSIM {metrics['ssim']:.4f} (swapped source "
+      f"{metrics['ssim_swapped_source']:.4f}, copying the source "
+      f"{metrics['ssim_copy_source']:.4f}), body colour error "
+      f"{metrics['body_colour_error']:.2f} (swapped source "
+      f"{metrics['body_colour_error_swapped_source']:.2f}){extra}"
+  )

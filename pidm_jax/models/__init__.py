@@ -6,7 +6,16 @@ from pidm_jax.models.pidm import PIDM, check_image_size, null_pose, validate_mod
 from pidm_jax.models.unet import Denoiser, down_path_plan, up_path_plan
 
 __all__ = [
-    "PIDM", "TextureEncoder", "Denoiser", "ResBlock", "CrossAttention", "TimeEmbedding",
-    "timestep_embedding", "check_image_size", "null_pose", "validate_model_config",
-    "down_path_plan", "up_path_plan",
+    "PIDM",
+    "TextureEncoder",
+    "Denoiser",
+    "ResBlock",
+    "CrossAttention",
+    "TimeEmbedding",
+    "timestep_embedding",
+    "check_image_size",
+    "null_pose",
+    "validate_model_config",
+    "down_path_plan",
+    "up_path_plan",
 ]

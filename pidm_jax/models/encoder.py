@@ -24,13 +24,22 @@ class TextureEncoder(nnx.Module):
     self.dtype = common["dtype"]
     self.remat = bool(cfg.remat)
     plan = down_path_plan(cfg)
-    self.input_conv = layers.conv(cfg.in_channels, plan[0].out_channels, 3,
-                                  dtype=common["dtype"], param_dtype=common["param_dtype"],
-                                  rngs=rngs)
-    self.blocks = nnx.List([
-        InputBlock(p, emb_dim=None, with_attention=False, common=common, attn_kw=attn_kw,
-                   rngs=rngs) for p in plan[1:]
-    ])
+    self.input_conv = layers.conv(
+        cfg.in_channels,
+        plan[0].out_channels,
+        3,
+        dtype=common["dtype"],
+        param_dtype=common["param_dtype"],
+        rngs=rngs,
+    )
+    self.blocks = nnx.List(
+        [
+            InputBlock(
+                p, emb_dim=None, with_attention=False, common=common, attn_kw=attn_kw, rngs=rngs
+            )
+            for p in plan[1:]
+        ]
+    )
 
   def __call__(self, source: Array) -> tuple[Array, ...]:
     """(B, H, W, 3) source image -> tuple of every block output, NHWC, in compute dtype."""

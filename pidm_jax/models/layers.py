@@ -32,8 +32,11 @@ DENSE_KERNEL_AXES = ("dense_in", "dense_out")
 DENSE_BIAS_AXES = ("dense_out",)
 NORM_AXES = ("norm",)
 # Every logical axis name above; config.sharding.rules maps them to mesh axes.
-LOGICAL_AXES = tuple(dict.fromkeys(CONV_KERNEL_AXES + CONV_BIAS_AXES + DENSE_KERNEL_AXES +
-                                   DENSE_BIAS_AXES + NORM_AXES))
+LOGICAL_AXES = tuple(
+    dict.fromkeys(
+        CONV_KERNEL_AXES + CONV_BIAS_AXES + DENSE_KERNEL_AXES + DENSE_BIAS_AXES + NORM_AXES
+    )
+)
 
 
 def _metadata(axes: Sequence[str]) -> dict:
@@ -113,8 +116,16 @@ class GroupNorm32(nnx.Module):
   The output is cast back to ``dtype`` (the compute dtype).
   """
 
-  def __init__(self, channels: int, *, num_groups: int, epsilon: float, dtype: Dtype,
-               param_dtype: Dtype, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      channels: int,
+      *,
+      num_groups: int,
+      epsilon: float,
+      dtype: Dtype,
+      param_dtype: Dtype,
+      rngs: nnx.Rngs,
+  ):
     if channels % num_groups:
       raise ValueError(f"GroupNorm: {channels} channels cannot be split into {num_groups} groups")
     self.dtype = dtype
@@ -155,8 +166,7 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
 class TimeEmbedding(nnx.Module):
   """Sinusoid (``dim``) -> Linear(dim, embed) -> SiLU -> Linear(embed, embed)."""
 
-  def __init__(self, dim: int, embed_dim: int, *, dtype: Dtype, param_dtype: Dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, dim: int, embed_dim: int, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
     self.dim = dim
     self.dtype = dtype
     self.linear1 = dense(dim, embed_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -208,7 +218,7 @@ class ResBlock(nnx.Module):
     self.resample = resample
     self.in_norm = GroupNorm32(in_channels, **norm_kw)
     self.in_conv = conv(in_channels, out_channels, 3, **kw)
-    self.emb_proj = (dense(emb_dim, 2 * out_channels, **kw) if emb_dim is not None else None)
+    self.emb_proj = dense(emb_dim, 2 * out_channels, **kw) if emb_dim is not None else None
     self.out_norm = GroupNorm32(out_channels, **norm_kw)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
     self.out_conv = conv(out_channels, out_channels, 3, zero_init=True, **kw)
@@ -244,8 +254,17 @@ class CrossAttention(nnx.Module):
   shape; the output projection is zero-initialised.
   """
 
-  def __init__(self, channels: int, *, num_groups: int, norm_eps: float, dtype: Dtype,
-               param_dtype: Dtype, implementation: str | None = None, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      channels: int,
+      *,
+      num_groups: int,
+      norm_eps: float,
+      dtype: Dtype,
+      param_dtype: Dtype,
+      implementation: str | None = None,
+      rngs: nnx.Rngs,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.implementation = implementation
     self.norm = GroupNorm32(channels, num_groups=num_groups, epsilon=norm_eps, **kw)
@@ -258,7 +277,8 @@ class CrossAttention(nnx.Module):
     if x.shape != context.shape:
       raise ValueError(
           f"cross-attention needs an encoder feature of the query's shape: {x.shape} vs "
-          f"{context.shape}")
+          f"{context.shape}"
+      )
     b, h, w, c = x.shape
     context = context.astype(x.dtype)
     q = self.to_q(self.norm(x)).reshape(b, h * w, 1, c)

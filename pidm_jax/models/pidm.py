@@ -22,10 +22,26 @@ from pidm_jax.models.unet import Denoiser, down_path_plan, min_size_multiple
 
 Array = jax.Array
 
-REQUIRED_KEYS = ("base_width", "channel_mult", "num_res_blocks", "attention_resolutions",
-                 "image_size", "embed_dim", "dropout", "in_channels", "pose_channels",
-                 "out_channels", "num_groups", "norm_eps", "dtype", "param_dtype", "remat",
-                 "attention_implementation", "cond_drop_prob", "pose_drop_prob")
+REQUIRED_KEYS = (
+    "base_width",
+    "channel_mult",
+    "num_res_blocks",
+    "attention_resolutions",
+    "image_size",
+    "embed_dim",
+    "dropout",
+    "in_channels",
+    "pose_channels",
+    "out_channels",
+    "num_groups",
+    "norm_eps",
+    "dtype",
+    "param_dtype",
+    "remat",
+    "attention_implementation",
+    "cond_drop_prob",
+    "pose_drop_prob",
+)
 
 
 def validate_model_config(cfg) -> None:
@@ -40,7 +56,8 @@ def validate_model_config(cfg) -> None:
     if width % cfg.num_groups:
       raise ValueError(
           f"model.base_width * channel_mult = {width} is not divisible by "
-          f"model.num_groups = {cfg.num_groups}")
+          f"model.num_groups = {cfg.num_groups}"
+      )
   if cfg.num_res_blocks < 1:
     raise ValueError(f"model.num_res_blocks must be >= 1, got {cfg.num_res_blocks}")
   if not 0.0 <= cfg.dropout < 1.0:
@@ -66,7 +83,8 @@ def check_image_size(height: int, width: int, multiple: int) -> None:
   raise ValueError(
       f"image size {height}x{width} (HxW) cannot go through this network: height and width must "
       f"be multiples of {multiple} (one halving per level below the first); nearest sizes that "
-      f"work: {', '.join(options)}")
+      f"work: {', '.join(options)}"
+  )
 
 
 def null_pose(shape, dtype=jnp.float32) -> Array:
@@ -129,13 +147,15 @@ class PIDM(nnx.Module):
       pose = jnp.where(keep[:, None, None, None], pose, null_pose(pose.shape, pose.dtype))
     return source, pose
 
-  def __call__(self, noisy: Array, pose: Array, t: Array, source: Array,
-               rng: Array | None = None) -> Array:
+  def __call__(
+      self, noisy: Array, pose: Array, t: Array, source: Array, rng: Array | None = None
+  ) -> Array:
     """The training call path: condition dropout (train mode only), encoder, denoiser."""
     if not self.deterministic and (self.cond_drop_prob > 0 or self.pose_drop_prob > 0):
       if rng is None:
         raise ValueError(
             "PIDM in train mode drops conditions at random: pass rng=<PRNG key> "
-            "(or call model.eval() for a deterministic forward)")
+            "(or call model.eval() for a deterministic forward)"
+        )
       source, pose = self.drop_conditions(source, pose, rng)
     return self.denoise(noisy, pose, t, self.encode(source))

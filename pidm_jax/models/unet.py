@@ -31,6 +31,7 @@ Array = jax.Array
 @dataclasses.dataclass(frozen=True)
 class DownBlockPlan:
   """One block of the down path (shared by the denoiser's input blocks and the encoder)."""
+
   index: int
   kind: str  # 'conv' (block 0), 'res' or 'down'
   in_channels: int
@@ -42,6 +43,7 @@ class DownBlockPlan:
 @dataclasses.dataclass(frozen=True)
 class UpBlockPlan:
   """One decoder block: ResBlock(in + skip -> out) [+ attention] [+ up ResBlock]."""
+
   index: int
   in_channels: int
   skip_channels: int
@@ -60,8 +62,7 @@ def down_path_plan(cfg) -> list[DownBlockPlan]:
   for level, mult in enumerate(cfg.channel_mult):
     for block in range(cfg.num_res_blocks):
       out = cfg.base_width * mult
-      attn = (resolution in tuple(cfg.attention_resolutions)
-              and block == cfg.num_res_blocks - 1)
+      attn = resolution in tuple(cfg.attention_resolutions) and block == cfg.num_res_blocks - 1
       plan.append(DownBlockPlan(len(plan), "res", ch, out, level, attn))
       ch = out
     if level != num_levels - 1:
@@ -112,25 +113,57 @@ def _call_attn(block, x, context):
 class InputBlock(nnx.Module):
   """ResBlock (plain or down-sampling) with an optional cross-attention after it."""
 
-  def __init__(self, plan: DownBlockPlan, *, emb_dim: int | None, with_attention: bool, common,
-               attn_kw, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      plan: DownBlockPlan,
+      *,
+      emb_dim: int | None,
+      with_attention: bool,
+      common,
+      attn_kw,
+      rngs: nnx.Rngs,
+  ):
     self.res = layers.ResBlock(
-        plan.in_channels, plan.out_channels, emb_dim=emb_dim,
-        resample="down" if plan.kind == "down" else None, rngs=rngs, **common)
-    self.attn = (layers.CrossAttention(plan.out_channels, rngs=rngs, **attn_kw)
-                 if with_attention and plan.attention else None)
+        plan.in_channels,
+        plan.out_channels,
+        emb_dim=emb_dim,
+        resample="down" if plan.kind == "down" else None,
+        rngs=rngs,
+        **common,
+    )
+    self.attn = (
+        layers.CrossAttention(plan.out_channels, rngs=rngs, **attn_kw)
+        if with_attention and plan.attention
+        else None
+    )
 
 
 class OutputBlock(nnx.Module):
   """Decoder ResBlock on [h, skip], optional cross-attention, optional up-sampling ResBlock."""
 
   def __init__(self, plan: UpBlockPlan, *, emb_dim: int, common, attn_kw, rngs: nnx.Rngs):
-    self.res = layers.ResBlock(plan.in_channels + plan.skip_channels, plan.out_channels,
-                               emb_dim=emb_dim, rngs=rngs, **common)
-    self.attn = (layers.CrossAttention(plan.out_channels, rngs=rngs, **attn_kw)
-                 if plan.attention else None)
-    self.up = (layers.ResBlock(plan.out_channels, plan.out_channels, emb_dim=emb_dim,
-                               resample="up", rngs=rngs, **common) if plan.upsample else None)
+    self.res = layers.ResBlock(
+        plan.in_channels + plan.skip_channels,
+        plan.out_channels,
+        emb_dim=emb_dim,
+        rngs=rngs,
+        **common,
+    )
+    self.attn = (
+        layers.CrossAttention(plan.out_channels, rngs=rngs, **attn_kw) if plan.attention else None
+    )
+    self.up = (
+        layers.ResBlock(
+            plan.out_channels,
+            plan.out_channels,
+            emb_dim=emb_dim,
+            resample="up",
+            rngs=rngs,
+            **common,
+        )
+        if plan.upsample
+        else None
+    )
 
 
 class MiddleBlock(nnx.Module):
@@ -146,10 +179,20 @@ def block_kwargs(cfg) -> tuple[dict, dict]:
   """(ResBlock kwargs, CrossAttention kwargs) shared by every block of a model config."""
   dtype = jnp.dtype(cfg.dtype)
   param_dtype = jnp.dtype(cfg.param_dtype)
-  common = dict(dropout=cfg.dropout, num_groups=cfg.num_groups, norm_eps=cfg.norm_eps,
-                dtype=dtype, param_dtype=param_dtype)
-  attn_kw = dict(num_groups=cfg.num_groups, norm_eps=cfg.norm_eps, dtype=dtype,
-                 param_dtype=param_dtype, implementation=cfg.attention_implementation)
+  common = dict(
+      dropout=cfg.dropout,
+      num_groups=cfg.num_groups,
+      norm_eps=cfg.norm_eps,
+      dtype=dtype,
+      param_dtype=param_dtype,
+  )
+  attn_kw = dict(
+      num_groups=cfg.num_groups,
+      norm_eps=cfg.norm_eps,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      implementation=cfg.attention_implementation,
+  )
   return common, attn_kw
 
 
@@ -166,19 +209,26 @@ class Denoiser(nnx.Module):
     down = down_path_plan(cfg)
     up = up_path_plan(cfg)
     self.time_embed = layers.TimeEmbedding(cfg.base_width, emb_dim, **kw)
-    self.input_conv = layers.conv(cfg.in_channels + cfg.pose_channels, down[0].out_channels, 3,
-                                  **kw)
-    self.input_blocks = nnx.List([
-        InputBlock(p, emb_dim=emb_dim, with_attention=True, common=common, attn_kw=attn_kw,
-                   rngs=rngs) for p in down[1:]
-    ])
-    self.middle = MiddleBlock(down[-1].out_channels, emb_dim=emb_dim, common=common,
-                              attn_kw=attn_kw, rngs=rngs)
-    self.output_blocks = nnx.List([
-        OutputBlock(p, emb_dim=emb_dim, common=common, attn_kw=attn_kw, rngs=rngs) for p in up
-    ])
-    self.out_norm = layers.GroupNorm32(up[-1].out_channels, num_groups=cfg.num_groups,
-                                       epsilon=cfg.norm_eps, **kw)
+    self.input_conv = layers.conv(
+        cfg.in_channels + cfg.pose_channels, down[0].out_channels, 3, **kw
+    )
+    self.input_blocks = nnx.List(
+        [
+            InputBlock(
+                p, emb_dim=emb_dim, with_attention=True, common=common, attn_kw=attn_kw, rngs=rngs
+            )
+            for p in down[1:]
+        ]
+    )
+    self.middle = MiddleBlock(
+        down[-1].out_channels, emb_dim=emb_dim, common=common, attn_kw=attn_kw, rngs=rngs
+    )
+    self.output_blocks = nnx.List(
+        [OutputBlock(p, emb_dim=emb_dim, common=common, attn_kw=attn_kw, rngs=rngs) for p in up]
+    )
+    self.out_norm = layers.GroupNorm32(
+        up[-1].out_channels, num_groups=cfg.num_groups, epsilon=cfg.norm_eps, **kw
+    )
     self.out_conv = layers.conv(up[-1].out_channels, cfg.out_channels, 3, zero_init=True, **kw)
 
   def __call__(self, x: Array, t: Array, features: Sequence[Array]) -> Array:

@@ -19,9 +19,11 @@ import os
 import signal
 import sys
 
-os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4"
-                           " --xla_backend_optimization_level=0"
-                           " --xla_llvm_disable_expensive_passes=true")
+os.environ["XLA_FLAGS"] = (
+    "--xla_force_host_platform_device_count=4"
+    " --xla_backend_optimization_level=0"
+    " --xla_llvm_disable_expensive_passes=true"
+)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # pylint: disable=g-import-not-at-top
@@ -29,8 +31,9 @@ import jax  # pylint: disable=g-import-not-at-top
 process_id, port, data_dir, workdir, phase, out_path = sys.argv[1:7]
 process_id = int(process_id)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                           process_id=process_id)
+jax.distributed.initialize(
+    coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id
+)
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 from configs import tiny  # pylint: disable=g-import-not-at-top
@@ -90,9 +93,12 @@ if phase == "first":
   full = train.train_and_evaluate(cfg, os.path.join(workdir, "full"))
   KILL_AT["value"] = 3 if process_id == 1 else None
   split = train.train_and_evaluate(cfg, os.path.join(workdir, "split"))
-  result.update(full_steps=full["steps"], split_steps=split["steps"],
-                preempted=bool(split.get("preempted")),
-                saved=checkpointing.latest_step(os.path.join(workdir, "split", "checkpoints")))
+  result.update(
+      full_steps=full["steps"],
+      split_steps=split["steps"],
+      preempted=bool(split.get("preempted")),
+      saved=checkpointing.latest_step(os.path.join(workdir, "split", "checkpoints")),
+  )
 else:
   resumed = train.train_and_evaluate(cfg, os.path.join(workdir, "split"))
   result.update(resumed_steps=resumed["steps"], full=checksum("full"), split=checksum("split"))
