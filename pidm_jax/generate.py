@@ -91,8 +91,8 @@ def ground_truth_name(target_id: str) -> str:
 
 
 @dataclasses.dataclass
-class Result:
-  """What a generation run did."""
+class SplitRun:
+  """What a generation run (:func:`generate_split`) did."""
 
   out_dir: str
   ground_truth_dir: str | None
@@ -119,7 +119,7 @@ def generate_split(
     progress: bool = True,
     source_swap_pairs: int = 0,
     log=print,
-) -> Result:
+) -> SplitRun:
   """Samples every pair of ``split`` and writes the PNGs (see the module docstring).
 
   Args:
@@ -212,7 +212,7 @@ def generate_split(
         f"all {n} pairs of split {split!r} are already in {out_dir}; nothing to do "
         "(--overwrite redoes them)"
     )
-    return Result(
+    return SplitRun(
         out_dir,
         ground_truth_dir,
         n,
@@ -291,7 +291,7 @@ def generate_split(
         out_dir if primary else None,
         log,
     )
-  return Result(
+  return SplitRun(
       out_dir,
       ground_truth_dir,
       n,

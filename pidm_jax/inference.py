@@ -1,6 +1,6 @@
 """Files in, PNG files out: the library behind ``sample.py``.
 
-:func:`generate` reads source images (anything Pillow opens; RGBA, greyscale and palette images
+:func:`sample_files` reads source images (anything Pillow opens; RGBA, greyscale and palette images
 become RGB, transparent pixels white; EXIF orientation honoured), target poses (keypoint files in
 every format ``pidm_jax.pose`` reads, a PATN/GFLA ``.csv`` giving one pose per entry, or a ready
 ``(H, W, 20)`` pose map ``.npy``), an optional reference image and mask for appearance control,
@@ -329,8 +329,8 @@ class SourceInput:
 
 
 @dataclasses.dataclass
-class Result:
-  """What :func:`generate` wrote and how long it took."""
+class SampleRun:
+  """What :func:`sample_files` wrote and how long it took."""
 
   paths: list[str]
   grid_path: str | None
@@ -405,7 +405,7 @@ def check_config(config) -> tuple[int, int]:
   return size
 
 
-def generate(
+def sample_files(
     config,
     checkpoint: str | None,
     sources: Sequence[str],
@@ -424,7 +424,7 @@ def generate(
     mesh=None,
     progress: bool = True,
     log=print,
-) -> Result:
+) -> SampleRun:
   """Samples every (source, pose) job and writes the PNGs and ``grid.png`` into ``out_dir``.
 
   Every input (files, sizes, the checkpoint against ``config``) is checked before compilation;
@@ -590,7 +590,7 @@ def generate(
       f"{compile_seconds:.1f} s, running the first batch {first_seconds:.1f} s{rest}; "
       f"{sample_seconds / max(len(jobs), 1):.2f} s per image in all"
   )
-  return Result(paths, grid_path, compile_seconds, sample_seconds, len(batches), batch_size)
+  return SampleRun(paths, grid_path, compile_seconds, sample_seconds, len(batches), batch_size)
 
 
 def _make_grid(jobs, results, sources, pose_for, pairing, num_poses, ref_image, ref_mask):

@@ -77,7 +77,7 @@ def main(argv):
 
   console.begin(argv, config=_CONFIG.value, multihost=_MULTIHOST.value)
   try:
-    inference.generate(
+    inference.sample_files(
         _CONFIG.value,
         _CHECKPOINT.value,
         _SOURCE.value,

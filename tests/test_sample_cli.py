@@ -192,7 +192,7 @@ def test_sample_py_uses_the_checkpoints_own_config(files, tmp_path):
   result = _run_cli(*args, f"--out={tmp_path / 'stored'}", config=None)
   assert result.returncode == 0, result.stderr[-3000:]
   config.sample.steps = 2
-  inference.generate(
+  inference.sample_files(
       config,
       str(tmp_path / "v_ckpt"),
       [str(files / "a.jpg")],
@@ -301,7 +301,7 @@ def no_compile(monkeypatch):
 def _generate(files, tmp_path, config=None, sources=("a.jpg",), poses=("poses/p.txt",), **kw):
   config = config or tiny.get_config()
   kw.setdefault("mesh", _mesh(1))
-  return inference.generate(
+  return inference.sample_files(
       config,
       str(kw.pop("checkpoint", files / "ckpt")),
       [str(files / s) for s in sources],
