@@ -25,6 +25,7 @@ import sys
 import warnings
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -63,7 +64,6 @@ def pure_params(params: Any) -> dict:
 def _item_handlers() -> dict:
   """A handler for every item a step may hold: with them Orbax can describe all of a step's items
   when only some are restored (without, each restore logs 'Item ... could not be restored')."""
-  import grain  # pylint: disable=g-import-not-at-top
 
   return {
       TRAIN_STATE: ocp.StandardCheckpointHandler(),
@@ -379,8 +379,6 @@ class TrainCheckpointer:
     return self._mngr.latest_step()
 
   def save(self, step: int, state, data_iterator=None, force: bool = False) -> None:
-    import grain  # pylint: disable=g-import-not-at-top
-
     items = {
         TRAIN_STATE: ocp.args.StandardSave(_train_part(state)),
         EMA_PARAMS: ocp.args.StandardSave(state.ema_params),
@@ -392,7 +390,6 @@ class TrainCheckpointer:
 
   def restore(self, abstract_state, data_iterator=None, step: int | None = None):
     """The train state of ``step`` (default newest); restores ``data_iterator`` in place."""
-    import grain  # pylint: disable=g-import-not-at-top
 
     step = self._mngr.latest_step() if step is None else step
     if step is None:

@@ -26,14 +26,21 @@ layouts exist only in this module.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import zlib
 from typing import Any, Callable
 
+import jax.numpy as jnp
 import numpy as np
+from absl import flags
+from flax import nnx, traverse_util
+from ml_collections import config_flags
 
+from pidm_jax import checkpointing, console, model_params
+from pidm_jax.models import unet
 from pidm_jax.tensor_files import (
     CheckpointFormatError,
     Placeholder,
@@ -275,8 +282,6 @@ class _Structure:
 
 
 def _structure_from_config(cfg) -> _Structure:
-  from pidm_jax.models import unet  # pylint: disable=g-import-not-at-top
-
   down_path_plan, up_path_plan = unet.down_path_plan, unet.up_path_plan
   down = down_path_plan(cfg)
   up = up_path_plan(cfg)
@@ -475,9 +480,6 @@ def convert_official_state_dict(state_dict, model_config, *, seed: int = 0):
   Raises:
     ValueError: listing every missing key, unknown key, non-tensor value and wrong shape.
   """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from pidm_jax import model_params  # pylint: disable=g-import-not-at-top
 
   params = official_to_params(state_dict, model_config)
   spec = model_params.ModelSpec.from_config(model_config)
@@ -514,7 +516,6 @@ def export_official_state_dict(model, *, seed: int = 0) -> dict[str, np.ndarray]
   encoder's ``emb_layers`` and ``encoder.time_embed``, from a NumPy generator seeded with
   (``seed``, CRC-32 of the key), so the output is deterministic.
   """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
 
   flat = {path: var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
   out = {}
@@ -545,7 +546,6 @@ def save_torch_state_dict(path, state_dict: dict[str, np.ndarray], config=None) 
   path = os.fspath(path)
   config_text = None
   if config is not None:
-    from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
 
     config_text = json.dumps(checkpointing.config_to_json(config), sort_keys=True)
   if not path.endswith(".safetensors"):
@@ -569,7 +569,6 @@ def save_torch_state_dict(path, state_dict: dict[str, np.ndarray], config=None) 
 
 def load_config(path):
   """Runs a config file's ``get_config()`` (an ml_collections ConfigDict)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
 
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -592,8 +591,6 @@ PyTorch; pickled code is never run), or back with --to_torch.
 
 def define_flags(fv) -> None:
   """The command's absl flags, on the FlagValues ``fv``."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string(
       "checkpoint",
@@ -642,8 +639,6 @@ def main(argv=None) -> int:
   unreadable file, a pickle that would run code, weights that do not fit the config, a config that
   does not predict eps) ends with one line ``error: ...`` and status 2.
   """
-  from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from pidm_jax import console  # pylint: disable=g-import-not-at-top
 
   args = console.parse_own_flags(argv, define_flags, _USAGE)
   config, config_name = args.config, "the given --config"

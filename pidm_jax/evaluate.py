@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import sys
 
+from absl import flags
+
+from pidm_jax import console
 from pidm_jax.evaluation import protocol, runner
 
 
 def define_flags(fv) -> None:
   """The command's absl flags, on the FlagValues ``fv``."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string(
       "generated", None, "folder of generated images", flag_values=fv, required=True
@@ -87,7 +89,6 @@ def define_flags(fv) -> None:
 def parse_args(argv=None) -> tuple[runner.EvalConfig, str | None]:
   """Command-line flags -> (`runner.EvalConfig`, output JSON path or None); a wrong flag or
   size ends the program with one line ``error: ...`` and status 2."""
-  from pidm_jax import console  # pylint: disable=g-import-not-at-top
 
   a = console.parse_own_flags(argv, define_flags, __doc__)
   try:
@@ -131,7 +132,6 @@ def main(argv=None) -> int:
 
 def run():
   """The ``python -m pidm_jax.evaluate`` / ``pidm-evaluate`` entry point."""
-  from pidm_jax import console  # pylint: disable=g-import-not-at-top
 
   console.initialize_distributed()
   sys.exit(main())

@@ -34,6 +34,7 @@ Resumable: a batch whose files all exist is not sampled again (``--overwrite`` r
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -41,10 +42,14 @@ import time
 
 import jax
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 from PIL import Image
 
-from pidm_jax import encoding
-from pidm_jax import multihost
+from input_pipeline import pipeline
+from pidm_jax import checkpointing, console, encoding, multihost, sampling, sharding
+from pidm_jax.diffusion import GaussianDiffusion
+from pidm_jax.evaluation import source_swap as swap_lib
 
 _DEEPFASHION_ID_FOLDER = re.compile(r"id_?\d{8}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-]+")
@@ -146,11 +151,6 @@ def generate_split(
     ValueError: two different pairs would get the same output name (naming them); the data set,
       split or checkpoint cannot be read.
   """
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from pidm_jax import sampling  # pylint: disable=g-import-not-at-top
-  from pidm_jax import sharding  # pylint: disable=g-import-not-at-top
-  from pidm_jax.diffusion import GaussianDiffusion  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
   if source_swap_pairs < 0:
@@ -306,9 +306,6 @@ def generate_split(
 
 def _source_swap(model, diffusion, options, eval_data, num_pairs: int, key, out_dir, log) -> dict:
   """The source-swap evaluation of ``model`` on the first ``num_pairs`` pairs of ``eval_data``."""
-  import json  # pylint: disable=g-import-not-at-top
-  from pidm_jax import sampling  # pylint: disable=g-import-not-at-top
-  from pidm_jax.evaluation import source_swap as swap_lib  # pylint: disable=g-import-not-at-top
 
   pairs = swap_lib.first_pairs(eval_data, num_pairs)
   sampler = sampling.get_sampler(diffusion, options)  # a few pairs: one device, no padding
@@ -340,7 +337,6 @@ def _source_swap(model, diffusion, options, eval_data, num_pairs: int, key, out_
 
 def main(argv):
   """The ``python -m pidm_jax.generate`` entry point (flags below)."""
-  from pidm_jax import console  # pylint: disable=g-import-not-at-top
 
   console.begin(argv, config=FLAGS.config, multihost=FLAGS.multihost)
   try:
@@ -355,7 +351,6 @@ def main(argv):
         source_swap_pairs=FLAGS.source_swap_pairs,
     )
   except (FileNotFoundError, ValueError) as e:  # bad data set, split, checkpoint or config
-    from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
 
     console.fail(e, keep_lines=isinstance(e, checkpointing.ConfigMismatchError))
 
@@ -363,8 +358,6 @@ def main(argv):
 def run():
   """The ``python -m pidm_jax.generate`` / ``pidm-generate`` entry point."""
   global FLAGS  # pylint: disable=global-statement
-  from absl import flags
-  from ml_collections import config_flags
 
   config_flags.DEFINE_config_file(
       "config",
@@ -394,7 +387,6 @@ def run():
   )
   FLAGS = flags.FLAGS
   flags.mark_flags_as_required(["checkpoint", "out"])
-  from pidm_jax import console  # pylint: disable=g-import-not-at-top
 
   sys.argv = console.default_to_stored_config(sys.argv)  # --config defaults to the checkpoint's
   console.run(main)

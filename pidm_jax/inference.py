@@ -27,10 +27,10 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pidm_jax import encoding
-from pidm_jax import multihost
+from pidm_jax import checkpointing, encoding, multihost
 from pidm_jax import pose as pose_lib
-from pidm_jax import sampling
+from pidm_jax import sampling, sharding
+from pidm_jax.diffusion import GaussianDiffusion
 from pidm_jax.models.pidm import check_image_size
 from pidm_jax.models.unet import min_size_multiple
 
@@ -446,9 +446,6 @@ def sample_files(
     progress: show a progress bar over batches.
     log: where the timing lines, the chosen person and warnings go.
   """
-  from pidm_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from pidm_jax import sharding  # pylint: disable=g-import-not-at-top
-  from pidm_jax.diffusion import GaussianDiffusion  # pylint: disable=g-import-not-at-top
 
   if resize not in RESIZE_MODES:
     raise InputError(f"--resize={resize!r} is not one of {RESIZE_MODES}")
