@@ -61,6 +61,7 @@ from absl import logging
 
 from pidm_jax import encoding
 from pidm_jax import pose
+from pidm_jax import sharding as sharding_lib
 
 NUM_KEYPOINTS = pose.NUM_KEYPOINTS
 POSE_CHANNELS = pose.POSE_CHANNELS
@@ -252,11 +253,9 @@ def eval_dataset(
 
 
 def _check_batch(global_batch: int, process_count: int, sharding, what: str) -> None:
-  if global_batch <= 0 or global_batch % process_count:
-    raise ValueError(
-        f"{what}: {global_batch} pairs per global batch cannot be split evenly over "
-        f"{process_count} processes"
-    )
+  """``sharding.check_global_batch`` (positive, split over the processes), then the batch sharding
+  itself (any sharding, not only a mesh of ``pidm_jax.sharding``) must split it."""
+  sharding_lib.check_global_batch(global_batch, None, f"{what} (pairs)", process_count)
   if sharding is not None:
     try:
       sharding.shard_shape((global_batch,))
@@ -473,12 +472,7 @@ def create_datasets(
   prefetch = int(data.prefetch)
   default_source = source_fn is None
   source_fn = source_fn or (lambda split: data_source(config, split))
-  if config.train.batch_size % 2:
-    raise ValueError(
-        f"config.train.batch_size={config.train.batch_size} must be even: it counts "
-        "samples, two per pair (both directions)"
-    )
-  train_pairs = config.train.batch_size // 2
+  train_pairs = sharding_lib.training_pairs(config.train.batch_size)
 
   train_iterator = None
   if train_split is not None:

@@ -653,12 +653,7 @@ class Sampler:
       rng = jax.random.key(0)  # unused: deterministic sampler from a given x_T
     graphdef, state = nnx.split(model)
     if self.batch_sharding is not None:
-      shards = sharding_lib.batch_size_divisor(self.mesh)
-      if b % shards:
-        raise ValueError(
-            f"batch size {b} must be a multiple of the {shards} batch shards of the "
-            f"mesh {dict(self.mesh.shape)}"
-        )
+      sharding_lib.check_global_batch(b, self.mesh, "sampling batch (images)")
       batch = {k: _global_array(v, self.batch_sharding) for k, v in batch.items()}
       rng = jax.device_put(rng, NamedSharding(self.mesh, P()))
     else:

@@ -98,6 +98,37 @@ def batch_size_divisor(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
+def check_global_batch(rows: int, mesh: Mesh | None, what: str, processes: int = 1) -> None:
+  """The one batch-size rule: a global batch of ``rows`` (pairs for training and evaluation data,
+  images for sampling) must be positive and split evenly over the mesh's batch shards and over the
+  ``processes`` that feed it. Raises ValueError naming ``what`` (e.g. the config field)."""
+  rows = int(rows)
+  if rows <= 0:
+    raise ValueError(f"{what}: a global batch needs at least one row, got {rows}")
+  if mesh is not None:
+    divisor = batch_size_divisor(mesh)
+    if rows % divisor:
+      raise ValueError(
+          f"{what}: {rows} per global batch must be a multiple of the {divisor} batch shards "
+          f"of the mesh {dict(mesh.shape)}"
+      )
+  if rows % processes:
+    raise ValueError(
+        f"{what}: {rows} per global batch cannot be split evenly over {processes} processes"
+    )
+
+
+def training_pairs(batch_size: int) -> int:
+  """Pairs per global training batch: ``config.train.batch_size`` counts samples, and each pair is
+  trained in both directions, so it must be even."""
+  if int(batch_size) <= 0 or int(batch_size) % 2:
+    raise ValueError(
+        f"config.train.batch_size={batch_size} must be even and positive: it counts samples, "
+        "two per pair (both directions)"
+    )
+  return int(batch_size) // 2
+
+
 def sampling_batch_size(requested: int, mesh: Mesh, needed: int | None = None) -> int:
   """The global sampling batch: ``requested`` (at least 1) rounded up to a multiple of the mesh's
   batch shards, and no larger than ``needed`` items rounded up the same way (when given)."""

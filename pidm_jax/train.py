@@ -106,14 +106,19 @@ class SetupError(ValueError):
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-  """The global batch (samples = 2 x pairs) must split into pairs evenly over the mesh."""
-  divisor = sharding_lib.batch_size_divisor(mesh)
-  if batch_size % 2 or (batch_size // 2) % divisor:
-    raise SetupError(
-        f"config.train.batch_size = {batch_size} samples must be 2 x a multiple of {divisor} "
-        f"pairs (the mesh splits the batch over {divisor} devices; each pair is trained in "
-        f"both directions)"
+  """The global batch (samples = 2 x pairs) must split into pairs evenly over the mesh and the
+  processes (``sharding.check_global_batch``); a SetupError otherwise."""
+  try:
+    pairs = sharding_lib.training_pairs(batch_size)
+    sharding_lib.check_global_batch(
+        pairs,
+        mesh,
+        f"config.train.batch_size = {batch_size} samples = {pairs} pairs (each pair is trained "
+        "in both directions)",
+        jax.process_count(),
     )
+  except ValueError as e:
+    raise SetupError(str(e)) from None
 
 
 @dataclasses.dataclass(eq=False)  # hashed by identity (compiled helpers are cached per trainer)

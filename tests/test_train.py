@@ -63,7 +63,7 @@ def test_mesh_helpers():
   cfg.mesh.data, cfg.mesh.fsdp = 3, -1
   with pytest.raises(ValueError, match="8 devices cannot be split"):
     sharding.create_mesh(cfg.mesh)
-  with pytest.raises(ValueError, match="2 x a multiple of 8 pairs"):
+  with pytest.raises(ValueError, match="6 pairs .* must be a multiple of the 8 batch shards"):
     train.check_batch_size(12, mesh)
   # big kernels split over fsdp, small ones replicated, indivisible dims replicated (the rules and
   # the size threshold come from the config only)
