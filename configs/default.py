@@ -22,7 +22,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.channel_mult = (1, 1, 2, 2, 4, 4)
   model.num_res_blocks = 2
   model.attention_resolutions = (32, 16, 8)
-  model.image_size = 256  # resolution bookkeeping for attention placement only
+  # The architecture's nominal resolution: attention_resolutions are read against it (which levels
+  # get attention, so which parameters exist). It is not the input size: the network is fully
+  # convolutional, and data.image_size is what it is fed (the official model: both 256).
+  model.image_size = 256
   model.embed_dim = 512
   model.dropout = 0.1
   model.in_channels = 3
@@ -33,9 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.dtype = "bfloat16"  # compute dtype; parameters, norms, softmax and losses stay float32
   model.param_dtype = "float32"
   model.remat = False
-  model.attention_implementation = config_dict.placeholder(
-      str
-  )  # None = best available ('cudnn' on GPU where possible)
+  # None = the best available ('cudnn' on GPU where possible)
+  model.attention_implementation = config_dict.placeholder(str)
   model.cond_drop_prob = 0.1  # source image -> zeros (classifier-free guidance)
   model.pose_drop_prob = 0.0  # pose -> null pose (disentangled guidance; 0 as in the official code)
 
@@ -51,9 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "deep_fashion"
   data.builder_config = "res256"
-  data.data_dir = config_dict.placeholder(
-      str
-  )  # TFDS data dir (None = TFDS default / $TFDS_DATA_DIR)
+  # the TFDS data dir (None = the TFDS default, $TFDS_DATA_DIR)
+  data.data_dir = config_dict.placeholder(str)
   data.image_size = (256, 256)  # (H, W) fed to the network
   data.scale_aug = 0.05  # random scale in [0, scale_aug) with random crop, train only
   data.flip_prob = 0.5
@@ -92,9 +93,8 @@ def get_config() -> ml_collections.ConfigDict:
   sample.steps = 50
   sample.guidance_scale = 2.0
   sample.eta = 0.0
-  sample.clip_denoised = config_dict.placeholder(
-      bool
-  )  # clip x0 to [-1, 1]; None = official (DDPM yes, DDIM no)
+  # clip x0 to [-1, 1]; None = the official choice (DDPM yes, DDIM no)
+  sample.clip_denoised = config_dict.placeholder(bool)
   sample.spacing = "official"  # or "trailing" (starts at T - 1)
   sample.guidance = "style"  # or "disentangled" (needs a model trained with pose dropout)
   sample.pose_scale = 2.0  # w_p of the disentangled guidance

@@ -244,10 +244,10 @@ def generate_split(
       break
     if not todo[k]:
       continue
-    inputs = dict(
-        source=encoding.image_to_float(batch["source_image"]),  # uint8 -> float32,
+    inputs = dict(  # uint8 -> float32, where the batch lives
+        source=encoding.image_to_float(batch["source_image"]),
         pose=encoding.pose_to_float(batch["target_pose"]),
-    )  # where the batch lives
+    )
     images = sampler(model, inputs, jax.random.fold_in(key, k))
     images = multihost.gather(jax.numpy.clip(images, -1.0, 1.0))
     keep = multihost.gather(batch["mask"]).astype(bool)

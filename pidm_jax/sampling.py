@@ -209,12 +209,13 @@ def make_plan(diffusion: GaussianDiffusion, options: SamplerOptions) -> Plan:
   else:
     level = t_next
   ab_level = _ab_ext(diffusion, level)
+  # the blend levels, and eps and x_0 from the output
   arrays.update(
       blend_a=np.sqrt(ab_level),
       blend_s=np.sqrt(1.0 - ab_level),
       sqrt_ab=np.sqrt(ab),
       sqrt_1m_ab=np.sqrt(1.0 - ab),
-  )  # eps and x_0 from the output
+  )
 
   process = diffusion
   if options.algorithm == "ddim":
