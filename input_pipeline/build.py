@@ -11,8 +11,12 @@ reads.
 from __future__ import annotations
 
 import importlib
+import time
 
+import jax
 import tensorflow_datasets as tfds
+
+from pidm_jax import console, multihost
 
 # Builder name -> module that registers it with TFDS.
 BUILDER_MODULES = {
@@ -59,6 +63,29 @@ def build(
   return b
 
 
+def ensure_dataset(config) -> None:
+  """Builds the procedural ``synthetic_people`` set of ``config.data`` if it is missing (it needs
+  no download; process 0 builds, the others wait). Other data sets are left as they are."""
+  if config.data.dataset != "synthetic_people":
+    return
+  name = f"synthetic_people/{config.data.builder_config}"
+  register(name)
+  if not builder(name, config.data.data_dir).is_prepared():
+    if jax.process_index() == 0:
+      console.say(f"building {name} (procedural, no download)")
+      t0 = time.time()
+      if not console.verbosity_requested():
+        tfds.disable_progress_bar()  # TFDS's own bars; --verbosity brings them back
+      built = build(name, config.data.data_dir)
+      splits = sorted(built.info.splits.items())
+      console.say(
+          f"built {name} in {time.time() - t0:.0f} s: "
+          + ", ".join(f"{split} {info.num_examples} pairs" for split, info in splits)
+      )
+    if jax.process_count() > 1:
+      multihost.barrier("synthetic_people built")
+
+
 def main(argv):
   del argv
   build(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
@@ -68,7 +95,6 @@ def run():
   """The ``python -m input_pipeline.build`` / ``pidm-build-data`` entry point."""
   global FLAGS  # pylint: disable=global-statement
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from pidm_jax import console  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string("dataset", None, "name[/config], e.g. deep_fashion/res256", required=True)
   flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's)")

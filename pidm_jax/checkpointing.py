@@ -18,6 +18,7 @@ onto any other mesh or device count.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -460,6 +461,20 @@ class TrainCheckpointer:
 
   def wait(self) -> None:
     self._mngr.wait_until_finished()
+
+  @contextlib.contextmanager
+  def finishing_on_error(self):
+    """When the training loop fails (a damaged record, a non-finite loss), the asynchronous save
+    in flight is finished before the error ends the program: otherwise the interpreter's exit cuts
+    it off ("cannot schedule new futures after shutdown") and that step is lost."""
+    try:
+      yield
+    except BaseException:
+      try:
+        self.close()
+      except Exception as e:  # pylint: disable=broad-except  (the first error is the one to report)
+        logging.error("finishing the checkpoint in flight failed: %s", e)
+      raise
 
   def close(self) -> None:
     self._mngr.wait_until_finished()

@@ -9,7 +9,6 @@ condition (and optionally the pose) for classifier-free guidance, uses the hybri
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -307,30 +306,6 @@ def state_bytes(abstract_state) -> int:
   )
 
 
-def ensure_dataset(config) -> None:
-  """Builds the procedural ``synthetic_people`` set if it is missing (it needs no download)."""
-  if config.data.dataset != "synthetic_people":
-    return
-  name = f"synthetic_people/{config.data.builder_config}"
-  build_lib.register(name)
-  if not build_lib.builder(name, config.data.data_dir).is_prepared():
-    if jax.process_index() == 0:
-      console.say(f"building {name} (procedural, no download)")
-      t0 = time.time()
-      if not console.verbosity_requested():
-        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-        tfds.disable_progress_bar()  # TFDS's own bars; --verbosity brings them back
-      built = build_lib.build(name, config.data.data_dir)
-      splits = sorted(built.info.splits.items())
-      console.say(
-          f"built {name} in {time.time() - t0:.0f} s: "
-          + ", ".join(f"{split} {info.num_examples} pairs" for split, info in splits)
-      )
-    if jax.process_count() > 1:
-      multihost.barrier("synthetic_people built")
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming if ``workdir`` holds a checkpoint) and returns the final metrics."""
 
@@ -350,7 +325,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # names, which the Trainer maps to mesh axes itself.
   trainer = Trainer(config, mesh)
   check_workdir(workdir, state_bytes(trainer.abstract_state), tcfg.keep_checkpoints)
-  ensure_dataset(config)
+  build_lib.ensure_dataset(config)
   with jax.set_mesh(mesh):
     train_iter, eval_data = pipeline.create_datasets(
         config,
@@ -401,7 +376,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t_last, step_last = time.time(), start
     t_start = time.time()
     progress = console.Progress(tcfg.num_train_steps)  # rate and ETA: compile and pauses left out
-    with multihost.Preemption() as preempt, _finish_saves_on_error(ckpt):
+    with multihost.Preemption() as preempt, ckpt.finishing_on_error():
       step = start
       while step < tcfg.num_train_steps:
         batch = next(train_iter)
@@ -472,21 +447,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
       writer.close()
       _write_summary(workdir, summary)
     return summary
-
-
-@contextlib.contextmanager
-def _finish_saves_on_error(ckpt):
-  """When the loop fails (a damaged record, a non-finite loss), the asynchronous save in flight
-  is finished before the error ends the program: otherwise the interpreter's exit cuts it off
-  ("cannot schedule new futures after shutdown") and that step is lost."""
-  try:
-    yield
-  except BaseException:
-    try:
-      ckpt.close()
-    except Exception as e:  # pylint: disable=broad-except  (the first error is the one to report)
-      logging.error("finishing the checkpoint in flight failed: %s", e)
-    raise
 
 
 def _write_summary(workdir: str, summary: dict) -> None:
