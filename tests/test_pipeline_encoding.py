@@ -41,28 +41,15 @@ def test_device_conversion_is_bit_exact_inside_and_outside_jit():
 
 
 def test_rendered_pose_map_converts_to_the_float_map():
-  kp = np.array(
-      [
-          [31.5, 10.2],
-          [32.0, 17.7],
-          [25.3, 18.1],
-          [21.0, 27.9],
-          [19.6, 36.4],
-          [38.8, 17.5],
-          [43.1, 27.0],
-          [45.9, 35.2],
-          [27.4, 38.0],
-          [26.9, 50.3],
-          [26.0, 61.7],
-          [36.6, 38.2],
-          [-1, -1],
-          [38.2, 61.0],
-          [29.9, 8.8],
-          [33.4, 8.6],
-          [-1, -1],
-          [35.7, 9.9],
-      ]
-  )
+  # several skeletons with non-integer coordinates and two missing joints, in a 48 x 64 frame
+  rng = np.random.default_rng(5)
+  for _ in range(3):
+    kp = rng.uniform((2.0, 2.0), (46.0, 62.0), (18, 2))
+    kp[rng.choice(18, 2, replace=False)] = -1.0
+    _check_pose_map_codes(kp)
+
+
+def _check_pose_map_codes(kp):
   u8 = pose.pose_map_uint8(kp, 64, 48)
   assert u8.dtype == np.uint8 and u8.shape == (64, 48, 20)
   expected = pose.pose_map(kp, 64, 48)
