@@ -79,17 +79,43 @@ def initialize_distributed(force: bool = False) -> bool:
 _NO_CONFIG = object()
 
 
-def begin(argv, *, config=_NO_CONFIG, multihost: bool = False) -> None:
+def begin(
+    argv, *, config=_NO_CONFIG, multihost: bool = False, cache_dir: str | None = None
+) -> None:
   """The common start of a tool's ``main(argv)``: no stray arguments; for a sampling tool
   (``config`` given) a config, which is the checkpoint's stored one unless ``--config`` was
-  given; third-party INFO logging off (``quiet_third_party``); the multi-process start
-  (``multihost`` forces it)."""
+  given; third-party INFO logging off (``quiet_third_party``); the persistent compilation cache
+  (``use_compilation_cache(cache_dir)``); the multi-process start (``multihost`` forces it)."""
   quiet_third_party()
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if config is None:
     fail("no config: give --checkpoint (its stored config is used) or --config")
+  use_compilation_cache(cache_dir)
   initialize_distributed(force=multihost)
+
+
+def default_cache_dir() -> str:
+  """Where compiled programs are kept between runs when a tool names no directory:
+  ``$XDG_CACHE_HOME/pidm_jax/jax`` (``~/.cache/pidm_jax/jax`` by default)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "pidm_jax", "jax")
+
+
+def use_compilation_cache(directory: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache, so that a second run of a tool loads its
+  compiled programs instead of compiling them again. The directory is ``$JAX_COMPILATION_CACHE_DIR``
+  when set (an empty value turns the cache off), else ``directory``, else ``default_cache_dir()``.
+  Returns the directory used, or None when off."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    directory = os.environ["JAX_COMPILATION_CACHE_DIR"] or None
+  elif directory is None:
+    directory = default_cache_dir()
+  if directory is not None:
+    jax.config.update("jax_compilation_cache_dir", directory)
+  return directory
 
 
 def config_file(name: str) -> str:

@@ -133,6 +133,7 @@ def main(argv=None) -> int:
 def run():
   """The ``python -m pidm_jax.evaluate`` / ``pidm-evaluate`` entry point."""
 
+  console.use_compilation_cache()
   console.initialize_distributed()
   sys.exit(main())
 

@@ -24,11 +24,9 @@ def main(argv):
   from pidm_jax import console  # pylint: disable=g-import-not-at-top
   from pidm_jax import train  # pylint: disable=g-import-not-at-top
 
-  console.begin(argv)  # third-party INFO off (--verbosity=0 brings it back), multi-process start
-  jax.config.update(
-      "jax_compilation_cache_dir",
-      os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.join(FLAGS.workdir, "jax_cache")),
-  )
+  # third-party INFO off (--verbosity=0 brings it back), compiled programs kept in the workdir,
+  # multi-process start
+  console.begin(argv, cache_dir=os.path.join(FLAGS.workdir, "jax_cache"))
   console.say(
       f"JAX {jax.__version__}: {jax.process_count()} process(es), {jax.device_count()} "
       f"device(s) ({jax.devices()[0].device_kind})"

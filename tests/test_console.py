@@ -101,3 +101,24 @@ def test_stored_config_keeps_field_types(tmp_path):
   back.data.data_dir = "/data"  # an unset placeholder is still a str field
   with pytest.raises(ValueError, match="has no stored config"):
     stored.get_config(str(tmp_path / "nothing"))
+
+
+def test_compilation_cache_directory_by_precedence(tmp_path, monkeypatch):
+  import jax  # pylint: disable=import-outside-toplevel
+
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert console.use_compilation_cache() == str(tmp_path / "xdg" / "pidm_jax" / "jax")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xdg" / "pidm_jax" / "jax")
+    assert console.use_compilation_cache(str(tmp_path / "run")) == str(tmp_path / "run")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "run")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))  # the user's wins
+    assert console.use_compilation_cache(str(tmp_path / "run")) == str(tmp_path / "env")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # empty: off, the setting left alone
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert console.use_compilation_cache(str(tmp_path / "run")) is None
+    assert jax.config.jax_compilation_cache_dir is None
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
