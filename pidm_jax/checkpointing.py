@@ -218,7 +218,14 @@ class UnreadableCheckpointError(ValueError):
 
 
 def restore_ema_params(
-    directory, model_config, *, mesh=None, config=None, step: int | None = None, log=None
+    directory,
+    model_config,
+    *,
+    mesh=None,
+    config=None,
+    step: int | None = None,
+    log=None,
+    spec: model_params.ModelSpec | None = None,
 ) -> dict:
   """Restores the EMA parameters of ``step`` (default: newest readable) as a pure dict on ``mesh``.
 
@@ -228,7 +235,8 @@ def restore_ema_params(
   Raises FileNotFoundError when the directory holds no checkpoint, ValueError listing the
   differences when the stored parameters do not match ``model_config`` (at once: an older step
   of the same run would not match either), and UnreadableCheckpointError naming every step tried
-  and its error when none (or the given ``step``) can be read.
+  and its error when none (or the given ``step``) can be read. ``spec``: the ``ModelSpec`` of
+  ``model_config`` when the caller has one (building it traces the whole model).
   """
   path = epath.Path(_abs(directory))
   if not path.exists():
@@ -245,7 +253,8 @@ def restore_ema_params(
           f"{directory} has no checkpoint step {step} (steps: "
           f"{', '.join(map(str, sorted(mngr.all_steps()))) or 'none'})"
       )
-    target = model_params.ModelSpec.from_config(model_config).abstract_params(mesh, config)
+    spec = spec if spec is not None else model_params.ModelSpec.from_config(model_config)
+    target = spec.abstract_params(mesh, config)
     failed = []
     for candidate in steps:
       try:
@@ -348,8 +357,11 @@ def load_model(directory, config, *, mesh=None, step: int | None = None, log=Non
   diffusion differs from the config stored with the checkpoint (see ``check_config``).
   """
   check_config(directory, config)
-  params = restore_ema_params(directory, config.model, mesh=mesh, config=config, step=step, log=log)
-  return model_params.ModelSpec.from_config(config.model).merge(params)
+  spec = model_params.ModelSpec.from_config(config.model)
+  params = restore_ema_params(
+      directory, config.model, mesh=mesh, config=config, step=step, log=log, spec=spec
+  )
+  return spec.merge(params)
 
 
 def read_config_json(directory) -> dict | None:

@@ -351,6 +351,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           mesh=mesh,
           config=config,
           log=lambda message: console.say(f"warning: {message}"),
+          spec=trainer.model_spec,
       )
       state = trainer.state_from_params(params, config.seed)
       console.say(f"initialised from {tcfg.init_checkpoint}")

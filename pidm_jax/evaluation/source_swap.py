@@ -122,6 +122,11 @@ def body_masks(keypoints_xy, height: int, width: int) -> np.ndarray:
   return np.stack(out)
 
 
+def to_255(images) -> np.ndarray:
+  """Images in [-1, 1] (clipped) as float64 in [0, 255], the range the SSIM of the protocol reads."""
+  return (np.clip(np.asarray(images, np.float64), -1, 1) + 1.0) * 127.5
+
+
 def body_colour_error(images, targets, masks) -> np.ndarray:
   """Per image: mean CIELAB Delta E*ab (CIE76) between ``images`` and ``targets`` in ``masks``.
 
@@ -173,8 +178,7 @@ def evaluate(
   swapped = np.clip(np.asarray(sample_fn(source[partners], pairs["target_pose"])), -1, 1)
   h, w = target.shape[1:3]
   region = body_masks(pairs["target_keypoints"], h, w)
-  to255 = lambda x: (np.clip(np.asarray(x, np.float64), -1, 1) + 1.0) * 127.5
-  ssim = lambda x: float(np.mean(np.asarray(ssim_gaussian(to255(x), to255(target)))))
+  ssim = lambda x: float(np.mean(np.asarray(ssim_gaussian(to_255(x), to_255(target)))))
   return {
       "ssim": ssim(own),
       "ssim_swapped_source": ssim(swapped),

@@ -97,10 +97,6 @@ def swap_grid(pairs: dict, swap: dict) -> np.ndarray:
   )
 
 
-def _to255(x) -> np.ndarray:
-  return (np.clip(np.asarray(x, np.float64), -1, 1) + 1.0) * 127.5
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _apply(graphdef, state, *inputs):
   """A network's forward pass, compiled once per network and input shape."""
@@ -203,19 +199,24 @@ class TrainingEval:
     return result
 
   def quality(self, pairs: dict, samples: np.ndarray) -> dict:
-    """SSIM of ``samples`` and of copying the source against the targets; LPIPS and
-    ``fid_small_sample`` when their weights are configured (all images in [-1, 1])."""
-    target = _to255(pairs["target_image"])
-    quality = {
-        "ssim": float(np.mean(np.asarray(ssim_gaussian(_to255(samples), target)))),
-        "ssim_copy_source": float(
-            np.mean(np.asarray(ssim_gaussian(_to255(pairs["source_image"]), target)))
-        ),
+    """SSIM of ``samples`` and of copying the source against the targets, plus
+    ``network_metrics`` (all images in [-1, 1])."""
+    target = swap_lib.to_255(pairs["target_image"])
+    ssim = lambda x: float(np.mean(np.asarray(ssim_gaussian(swap_lib.to_255(x), target))))
+    return {
+        "ssim": ssim(samples),
+        "ssim_copy_source": ssim(pairs["source_image"]),
+        **self.network_metrics(pairs, samples),
     }
+
+  def network_metrics(self, pairs: dict, samples: np.ndarray) -> dict:
+    """LPIPS and ``fid_small_sample`` of ``samples`` against the targets, each when its weights
+    are configured."""
+    metrics = {}
     generated = jnp.asarray(np.clip(np.asarray(samples, np.float32), -1, 1))
     truth = jnp.asarray(np.clip(np.asarray(pairs["target_image"], np.float32), -1, 1))
     if self._lpips is not None:
-      quality["lpips"] = float(
+      metrics["lpips"] = float(
           np.mean(np.asarray(_apply(*self._lpips, generated, truth), np.float64))
       )
     if self._inception is not None:
@@ -223,18 +224,18 @@ class TrainingEval:
         self.say("eval: fid_small_sample needs at least 2 sample pairs; skipped")
       else:
         feats = [np.asarray(_apply(*self._inception, (x + 1.0) / 2.0)) for x in (generated, truth)]
-        quality["fid_small_sample"] = fid.frechet_distance(
+        metrics["fid_small_sample"] = fid.frechet_distance(
             *fid.activation_statistics(feats[0]), *fid.activation_statistics(feats[1])
         )
-    return quality
+    return metrics
 
   def evaluate(self, model, pairs: dict) -> tuple[dict, dict]:
-    """(metrics, grids) of ``model`` on ``pairs``: ``SUMMARY_METRICS`` and the configured quality
-    metrics as floats; the two grids (uint8 RGB) by the names of ``GRID_TAGS``."""
+    """(metrics, grids) of ``model`` on ``pairs``: ``SUMMARY_METRICS`` (the source-swap figures,
+    which include both SSIMs) and the configured network metrics as floats; the two grids (uint8
+    RGB) by the names of ``GRID_TAGS``."""
     swap = self.source_swap(model, pairs)
     metrics = {k: swap[k] for k in SUMMARY_METRICS}
-    extra = self.quality(pairs, swap["samples"])
-    metrics.update({k: v for k, v in extra.items() if k not in metrics})
+    metrics.update(self.network_metrics(pairs, swap["samples"]))
     grids = {"grid": image_grid(pairs, swap["samples"]), "swap_grid": swap_grid(pairs, swap)}
     return metrics, grids
 
