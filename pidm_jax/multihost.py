@@ -21,6 +21,23 @@ def gather(images: jax.Array) -> np.ndarray:
   return np.asarray(images)
 
 
+def to_global(tree, shardings):
+  """Places arrays that every process holds whole and equal (e.g. parameters drawn from one
+  seed) with ``shardings``, a matching tree of shardings that may span every process's devices.
+
+  One process: ``jax.device_put``. Several: each process fills its own devices' shards from its
+  copy (``jax.make_array_from_callback``), so no data crosses hosts.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+
+  def place(x, sharding):
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(place, tree, shardings)
+
+
 def barrier(name: str) -> None:
   """Waits until every process reaches the barrier ``name``."""
   if jax.process_count() > 1:

@@ -107,11 +107,21 @@ def test_compilation_cache_directory_by_precedence(tmp_path, monkeypatch):
   import jax  # pylint: disable=import-outside-toplevel
 
   before = jax.config.jax_compilation_cache_dir
+  before_min = jax.config.jax_persistent_cache_min_compile_time_secs
   try:
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     assert console.use_compilation_cache() == str(tmp_path / "xdg" / "pidm_jax" / "jax")
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xdg" / "pidm_jax" / "jax")
+    # small programs are kept too (drawing parameters op by op compiles many), unless the user
+    # set the threshold
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+    console.use_compilation_cache()
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0
     assert console.use_compilation_cache(str(tmp_path / "run")) == str(tmp_path / "run")
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "run")
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))  # the user's wins
@@ -122,3 +132,4 @@ def test_compilation_cache_directory_by_precedence(tmp_path, monkeypatch):
     assert jax.config.jax_compilation_cache_dir is None
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before_min)
