@@ -23,6 +23,7 @@ appends one row to ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import os
 import platform
@@ -89,6 +90,13 @@ def define_flags() -> None:
       "recorded as such in the row",
   )
   flags.DEFINE_integer("seed", 0, "seed of the parameters and synthetic data")
+  flags.DEFINE_boolean(
+      "fit_batch",
+      False,
+      "when the train step runs out of device memory, halve config.train.batch_size (keeping "
+      "it a multiple of 2 x the mesh's batch shards) and measure again; the record keeps the "
+      "batches that did not fit",
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,6 +271,43 @@ def append_row(path: str, row: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # The measurements
 # ------------------------------------------------------------------------------------------------
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+  """Whether ``error`` is XLA's out-of-memory error (RESOURCE_EXHAUSTED, on any backend)."""
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def smaller_batch(batch_size: int, multiple: int) -> int | None:
+  """The next batch to try after ``batch_size`` ran out of memory: half of it, rounded down to a
+  multiple of ``multiple`` (2 samples per pair times the mesh's batch shards); None below that."""
+  smaller = (batch_size // 2) // multiple * multiple
+  return smaller if smaller >= multiple else None
+
+
+def fitting_batch(measure, batch_size: int, multiple: int, log=print) -> dict:
+  """``measure(batch_size)`` at ``batch_size``, then at smaller batches (``smaller_batch``) while
+  it raises an out-of-memory error. The result notes the requested batch and those that did not
+  fit; other errors, and running out at the smallest batch, propagate."""
+  did_not_fit = []
+  while True:
+    try:
+      out = measure(batch_size)
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_out_of_memory(e):
+        raise
+      smaller = smaller_batch(batch_size, multiple)
+      if smaller is None:
+        raise
+      log(f"train: batch {batch_size} does not fit in device memory; trying {smaller}")
+      did_not_fit.append(batch_size)
+      batch_size = smaller
+      gc.collect()
+      continue
+    out["requested_batch_size"] = did_not_fit[0] if did_not_fit else batch_size
+    out["batch_sizes_out_of_memory"] = did_not_fit
+    return out
 
 
 def synthetic_batch(batch_size: int, image_size, pose_channels: int, seed: int):
@@ -493,14 +538,27 @@ def main(argv):
       flush=True,
   )
   if "train" not in FLAGS.skip:
-    record["train"] = bench_train(
-        config,
-        env["peak_tflops_per_device"],
-        FLAGS.warmup_steps,
-        FLAGS.timed_steps,
-        FLAGS.seed,
-        FLAGS.time_budget_s,
-    )
+
+    def measure(batch_size):
+      with config.unlocked():
+        config.train.batch_size = batch_size
+      return bench_train(
+          config,
+          env["peak_tflops_per_device"],
+          FLAGS.warmup_steps,
+          FLAGS.timed_steps,
+          FLAGS.seed,
+          FLAGS.time_budget_s,
+      )
+
+    if FLAGS.fit_batch:
+      from pidm_jax import sharding  # pylint: disable=g-import-not-at-top
+
+      multiple = 2 * sharding.batch_size_divisor(sharding.create_mesh(config.mesh))
+      record["train"] = fitting_batch(measure, config.train.batch_size, multiple)
+      record["config"] = json.loads(config.to_json_best_effort())  # the batch that ran
+    else:
+      record["train"] = measure(config.train.batch_size)
     print(
         "train:",
         json.dumps({k: v for k, v in record["train"].items() if k != "step_times_s"}, default=str),

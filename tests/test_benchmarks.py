@@ -160,3 +160,81 @@ def test_median_seconds_stops_at_the_time_budget(monkeypatch):
   calls.clear()
   median, times = run.median_seconds(call(70.0), repeats=3, budget_s=60.0)
   assert times == [70.0] and len(calls) == 1  # one run always happens, then the budget stops it
+
+
+def test_batch_halves_until_the_train_step_fits():
+  oom = RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 81.2GiB.")
+  assert run.is_out_of_memory(oom)
+  assert run.is_out_of_memory(RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: out of memory"))
+  assert not run.is_out_of_memory(ValueError("shapes (2, 3) and (4,) do not match"))
+  assert run.smaller_batch(64, 2) == 32
+  assert run.smaller_batch(48, 16) == 16  # 24 rounded down to the 16 the mesh needs
+  assert run.smaller_batch(16, 16) is None
+
+  tried, logged = [], []
+
+  def measure(batch):
+    tried.append(batch)
+    if batch > 16:
+      raise oom
+    return {"batch_size": batch}
+
+  out = run.fitting_batch(measure, 64, 4, log=logged.append)
+  assert tried == [64, 32, 16]
+  assert out == {
+      "batch_size": 16,
+      "requested_batch_size": 64,
+      "batch_sizes_out_of_memory": [64, 32],
+  }
+  assert logged == [
+      "train: batch 64 does not fit in device memory; trying 32",
+      "train: batch 32 does not fit in device memory; trying 16",
+  ]
+  assert run.fitting_batch(lambda b: {"batch_size": b}, 8, 2)["batch_sizes_out_of_memory"] == []
+
+  with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):  # even the smallest does not fit
+    run.fitting_batch(lambda b: (_ for _ in ()).throw(oom), 8, 4)
+  tried.clear()
+
+  def broken(batch):
+    tried.append(batch)
+    raise ValueError("a bug, not memory")
+
+  with pytest.raises(ValueError, match="a bug"):  # other errors are not retried
+    run.fitting_batch(broken, 64, 2)
+  assert tried == [64]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch=sixty"], "--batch must be a whole number, got 'sixty'"),
+        (["--budget_s=-5"], "--budget_s must be a whole number"),
+        (["--config=configs/nothing.py"], "no config file 'configs/nothing.py'"),
+        (["--frobnicate"], "unknown argument '--frobnicate'"),
+        (["--wheels=/nonexistent-wheels"], "holds no .whl files"),
+    ],
+)
+def test_accelerator_script_refuses_bad_arguments(args, message, tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  script = os.path.join(BENCH, "accelerator.sh")
+  result = subprocess.run(
+      ["bash", script, f"--out={tmp_path}/out", *args],
+      capture_output=True,
+      text=True,
+      timeout=60,
+      check=False,
+  )
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert message in result.stderr
+  assert "devices:" not in result.stdout  # refused before Python or JAX ran
+
+
+def test_accelerator_script_help_lists_its_options():
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  script = os.path.join(BENCH, "accelerator.sh")
+  out = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, check=True)
+  for option in ("--config=", "--batch=", "--budget_s=", "--wheels=", "--quick", "--out="):
+    assert option in out.stdout
