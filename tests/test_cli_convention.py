@@ -30,6 +30,7 @@ COMMANDS = [
         ["--generated=x", "--ground_truth=y", "--nonsense=1"],
     ),
     (["-m", "input_pipeline.build"], "--manual_dir", ["--dataset=x", "--nonsense=1"]),
+    (["-m", "pidm_jax.keypoints"], "--overlay", ["photo.jpg", "--out=y", "--nonsense=1"]),
 ]
 
 

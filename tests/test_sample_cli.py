@@ -90,6 +90,7 @@ def files(tmp_path_factory):
   mask[10:30] = 255
   Image.fromarray(mask).save(root / "mask.png")
   (root / "bad.png").write_text("not an image")
+  (root / "pose.dat").write_text("1 2")
   np.savetxt(root / "short.txt", np.ones((17, 2)))
   np.save(root / "small_map.npy", np.zeros((16, 16, 20), np.float32))
   return root
@@ -323,7 +324,9 @@ def _generate(files, tmp_path, config=None, sources=("a.jpg",), poses=("poses/p.
             r"small_map\.npy: expected a pose map of shape " r"\(32, 32, 20\)",
         ),
         (dict(poses=("missing.txt",)), r"pose file .*missing\.txt: file not found"),
-        (dict(poses=("a.jpg",)), r"a\.jpg: unknown type '\.jpg'"),
+        (dict(poses=("pose.dat",)), r"pose\.dat: unknown type '\.dat'.*or a photo"),
+        # a photo as the pose: the estimator finds nobody in noise (or says how to install it)
+        (dict(poses=("a.jpg",)), r"a\.jpg: (no person found|poses from photos need)"),
         (
             dict(sources=("a.jpg", "b.png"), pairing="paired"),
             r"--pairing=paired needs as many sources as poses, got 2 sources and 1 poses",
@@ -338,6 +341,7 @@ def _generate(files, tmp_path, config=None, sources=("a.jpg",), poses=("poses/p.
         "pose-map-shape",
         "missing-pose",
         "pose-type",
+        "photo-without-person",
         "pairing",
         "reference-without-mask",
         "no-checkpoint",
@@ -481,3 +485,32 @@ def test_joints_outside_the_image_are_named(files):
       inference.render_pose(outside, SIZE, "source", place),
       pose_lib.pose_map(pose_lib.scale_keypoints(kp, (48, 40), SIZE), *SIZE),
   )
+
+
+def test_a_photo_gives_the_target_pose(files, tmp_path):
+  """``--pose=photo.jpg``: the pose estimator's skeleton (pidm_jax.keypoints) is the target pose;
+  the grid's header shows that skeleton as the photo's keypoints placed in the network frame."""
+  pytest.importorskip("ai_edge_litert", reason="the [pose] extra is not installed")
+  skimage_data = pytest.importorskip("skimage.data")
+  from pidm_jax import encoding, keypoints  # pylint: disable=import-outside-toplevel
+
+  photo = skimage_data.astronaut()
+  Image.fromarray(photo).save(tmp_path / "posing.jpg", quality=95)
+  config = tiny.get_config()
+  config.sample.steps = 2
+  inference.sample_files(
+      config,
+      str(files / "ckpt"),
+      [str(files / "a.jpg")],
+      [str(tmp_path / "posing.jpg")],
+      str(tmp_path / "out"),
+      seed=1,
+      mesh=_mesh(1),
+      progress=False,
+  )
+  assert sorted(os.listdir(tmp_path / "out")) == ["a_to_posing.png", "grid.png"]
+  found = keypoints.estimator().estimate(keypoints.load_photo(tmp_path / "posing.jpg"))[0]
+  scale = np.array([SIZE[1] / photo.shape[1], SIZE[0] / photo.shape[0]])  # stretch, the default
+  kp = np.where(found.keypoints == pose_lib.MISSING, pose_lib.MISSING, found.keypoints * scale)
+  skeleton = encoding.pose_to_skeleton(pose_lib.pose_map_uint8(kp, *SIZE))
+  np.testing.assert_array_equal(_read_png(tmp_path / "out" / "grid.png")[:32, 32:64], skeleton)
