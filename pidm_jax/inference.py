@@ -171,15 +171,15 @@ def load_mask(path: str, size: tuple[int, int], mode: str = "stretch") -> np.nda
 
 @dataclasses.dataclass
 class PoseInput:
-  """One target pose: keypoints (18, 2) in ``frame``, or a ready (H, W, 20) pose map. ``frame``
-  set overrides the run's ``pose_frame`` (a pose photo's keypoints are already placed in the
-  network's frame)."""
+  """One target pose: keypoints (18, 2) in ``frame``, or a ready (H, W, 20) pose map.
+  ``placement`` set (a pose photo's own): the keypoints are in that photo's pixels and are placed
+  with it, whatever the run's ``pose_frame``."""
 
   name: str
   path: str
   keypoints: np.ndarray | None = None
   pose_map: np.ndarray | None = None
-  frame: str | None = None
+  placement: Placement | None = None
 
 
 def _safe_name(name: str) -> str:
@@ -208,12 +208,12 @@ def pose_from_photo(
         f"pose photo {path}: {len(people)} people found; using person {people.index(chosen)} "
         f"({'chosen with --person' if person is not None else 'the largest; --person=N picks another'})"
     )
-  kp = chosen.keypoints.copy()
-  place = placement(photo.shape[:2], size, resize)
-  missing = np.any(kp == pose_lib.MISSING, axis=-1)
-  kp = kp * np.array([place.scale_x, place.scale_y]) + np.array([place.offset_x, place.offset_y])
-  kp[missing] = pose_lib.MISSING
-  return PoseInput(_safe_name(stem), path, keypoints=kp, frame="network")
+  return PoseInput(
+      _safe_name(stem),
+      path,
+      keypoints=chosen.keypoints,
+      placement=placement(photo.shape[:2], size, resize),
+  )
 
 
 def read_poses(
@@ -316,7 +316,8 @@ def _network_keypoints(
 ) -> np.ndarray:
   """``pose``'s keypoints moved from ``frame`` into the network's pixels (missing stay -1)."""
   kp = np.asarray(pose.keypoints, np.float64)
-  frame = pose.frame or frame
+  if pose.placement is not None:  # a pose photo: its keypoints follow the photo
+    frame, source_place = "source", pose.placement
   if frame == "deepfashion":
     return pose_lib.deepfashion_to_frame(kp, size[0], size[1])
   if frame == "source":

@@ -201,14 +201,16 @@ def test_a_photo_as_the_target_pose_of_sample(estimator, tmp_path):
   ref = estimator.estimate(image)[0].keypoints
   for resize in ("stretch", "pad"):
     (pose,) = inference.read_poses(str(tmp_path / "pose.png"), (64, 32), resize=resize)
-    assert pose.frame == "network" and pose.name == "pose"
     place = inference.placement(image.shape[:2], (64, 32), resize)
+    assert pose.placement == place and pose.name == "pose"
     found = np.all(ref != pose_lib.MISSING, axis=-1)
     expected = ref[found] * [place.scale_x, place.scale_y] + [place.offset_x, place.offset_y]
-    assert np.allclose(pose.keypoints[found], expected)
-    assert np.all(pose.keypoints[~found] == pose_lib.MISSING)
-    # the run's pose_frame does not move it again
-    rendered = inference.render_pose(pose, (64, 32), "source", place)
+    other = inference.placement((100, 100), (64, 32), "stretch")  # a source's, not the photo's
+    for frame in inference.POSE_FRAMES:  # the run's pose_frame does not move it
+      placed = inference._network_keypoints(pose, (64, 32), frame, other)
+      assert np.allclose(placed[found], expected), frame
+      assert np.all(placed[~found] == pose_lib.MISSING)
+    rendered = inference.render_pose(pose, (64, 32), "deepfashion", other)
     assert rendered.shape == (64, 32, pose_lib.POSE_CHANNELS) and rendered.max() > 0
 
 
