@@ -5,6 +5,7 @@ No model runs here: the figures are computed from given step times.
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -238,3 +239,66 @@ def test_accelerator_script_help_lists_its_options():
   out = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, check=True)
   for option in ("--config=", "--batch=", "--budget_s=", "--wheels=", "--quick", "--out="):
     assert option in out.stdout
+
+
+start_up = _load("start_up")
+
+
+def test_start_up_lines_name_cold_and_warm_runs_and_the_cache_counts():
+  record = dict(
+      import_s=1.0, trainer_s=2.0, init_state_s=3.0, lower_s=4.0, compile_s=5.0, total_s=15.0
+  )
+  cold = start_up.summary_line("", 0, record | {"cache_hits": 0, "cache_misses": 53})
+  warm = start_up.summary_line("--xla_x=1", 1, record | {"cache_hits": 53, "cache_misses": 0})
+  assert cold == (
+      "[default XLA flags] run 1 (cold): import 1.0, trainer 2.0, init_state 3.0, lower 4.0, "
+      "compile 5.0; total 15.0 s; cache 0 hits, 53 misses"
+  )
+  assert warm.startswith("[--xla_x=1] run 2 (warm): ")
+  assert warm.endswith("cache 53 hits, 0 misses")
+
+
+def test_start_up_run_that_fails_says_so_with_its_output(monkeypatch, tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  seen = {}
+
+  def failing(cmd, env, **_):
+    seen.update(cmd=cmd, env=env)
+    return subprocess.CompletedProcess(cmd, 1, "", "line 1\nValueError: no such config\n")
+
+  monkeypatch.setattr(start_up.subprocess, "run", failing)
+  with pytest.raises(RuntimeError, match=r"failed \(exit 1\):\nline 1\nValueError: no such"):
+    start_up._child("configs/tiny.py", "--xla_y=2", str(tmp_path / "c"), str(tmp_path / "o.json"))
+  # each run gets the variant's XLA flags and its own cache folder, and measures in the child
+  assert seen["env"]["XLA_FLAGS"] == "--xla_y=2"
+  assert seen["env"]["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "c")
+  assert f"--child_output={tmp_path / 'o.json'}" in seen["cmd"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--runs=0"], "--runs must be at least 1, got 0"),
+        (["--cache_dir=/tmp/x", "--xla_flags=", "--xla_flags=--a"], "holds one variant"),
+    ],
+)
+def test_start_up_refuses_bad_arguments(args, message):
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  root = os.path.dirname(BENCH)
+  result = subprocess.run(
+      [
+          sys.executable,
+          os.path.join(BENCH, "start_up.py"),
+          f"--config={os.path.join(root, 'configs', 'tiny.py')}",
+          *args,
+      ],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert message in result.stderr
+  assert "run 1" not in result.stdout  # refused before any run
