@@ -236,7 +236,8 @@ class Trainer:
   def _train_step(self, state: TrainState, batch):
     cfg = self.config.train
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
-    grads, metrics = jax.grad(self.loss_fn, has_aux=True)(state.params, batch, step_rng)
+    with model_params.quiet_tracer_attribute_errors():  # dropout draws; see there
+      grads, metrics = jax.grad(self.loss_fn, has_aux=True)(state.params, batch, step_rng)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

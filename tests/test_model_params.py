@@ -63,3 +63,50 @@ def test_shardings_follow_the_config_and_a_mesh_needs_one(setup):
   }
   with pytest.raises(ValueError, match="need the run's config"):
     spec.abstract_params(mesh)
+
+
+def test_quiet_tracer_attribute_errors_drops_only_the_origin_note(monkeypatch):
+  from jax._src.interpreters import partial_eval as pe  # pylint: disable=import-outside-toplevel
+
+  searches = []
+  original = pe.DynamicJaxprTracer._origin_msg  # pylint: disable=protected-access
+
+  def counted(self):
+    searches.append(1)
+    return original(self)
+
+  monkeypatch.setattr(pe.DynamicJaxprTracer, "_origin_msg", counted)
+  seen = {}
+
+  def probe(x):
+    y = jnp.sin(x) + 1
+    with pytest.raises(AttributeError) as loud:
+      y.sharding  # pylint: disable=pointless-statement
+    seen["searches_loud"] = len(searches)
+    with model_params.quiet_tracer_attribute_errors():
+      with pytest.raises(AttributeError) as quiet:
+        y.sharding  # pylint: disable=pointless-statement
+      seen["getattr"] = getattr(y, "sharding", None)
+    seen["searches_quiet"] = len(searches) - seen["searches_loud"]
+    seen["loud"], seen["quiet"] = str(loud.value), str(quiet.value)
+    return y
+
+  jax.jit(probe).lower(jnp.ones(3))
+  assert seen["searches_loud"] == 1  # JAX looked up where the value came from
+  assert seen["searches_quiet"] == 0  # not inside the context
+  assert seen["getattr"] is None
+  assert seen["quiet"].splitlines()[0] == seen["loud"].splitlines()[0]  # same error, same line
+  assert pe.DynamicJaxprTracer._origin_msg is counted  # pylint: disable=protected-access
+
+
+def test_quiet_tracer_attribute_errors_restores_jax_after_an_error():
+  from jax._src.interpreters import partial_eval as pe  # pylint: disable=import-outside-toplevel
+
+  before = pe.DynamicJaxprTracer._origin_msg  # pylint: disable=protected-access
+  try:
+    with model_params.quiet_tracer_attribute_errors():
+      assert pe.DynamicJaxprTracer._origin_msg is not before  # pylint: disable=protected-access
+      raise KeyError("inside")
+  except KeyError:
+    pass
+  assert pe.DynamicJaxprTracer._origin_msg is before  # pylint: disable=protected-access
