@@ -19,6 +19,13 @@ def _load(name):
   return module
 
 
+def _run(cmd):
+  """A command's exit status and output (a script under test: no exception on failure)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
 run = _load("run")
 peaks = run.peaks
 
@@ -217,16 +224,8 @@ def test_batch_halves_until_the_train_step_fits():
     ],
 )
 def test_accelerator_script_refuses_bad_arguments(args, message, tmp_path):
-  import subprocess  # pylint: disable=import-outside-toplevel
-
   script = os.path.join(BENCH, "accelerator.sh")
-  result = subprocess.run(
-      ["bash", script, f"--out={tmp_path}/out", *args],
-      capture_output=True,
-      text=True,
-      timeout=60,
-      check=False,
-  )
+  result = _run(["bash", script, f"--out={tmp_path}/out", *args])
   assert result.returncode == 2, result.stdout + result.stderr
   assert message in result.stderr
   assert "devices:" not in result.stdout  # refused before Python or JAX ran
@@ -284,21 +283,8 @@ def test_start_up_run_that_fails_says_so_with_its_output(monkeypatch, tmp_path):
     ],
 )
 def test_start_up_refuses_bad_arguments(args, message):
-  import subprocess  # pylint: disable=import-outside-toplevel
-
-  root = os.path.dirname(BENCH)
-  result = subprocess.run(
-      [
-          sys.executable,
-          os.path.join(BENCH, "start_up.py"),
-          f"--config={os.path.join(root, 'configs', 'tiny.py')}",
-          *args,
-      ],
-      capture_output=True,
-      text=True,
-      timeout=120,
-      check=False,
-  )
+  tiny = os.path.join(os.path.dirname(BENCH), "configs", "tiny.py")
+  result = _run([sys.executable, os.path.join(BENCH, "start_up.py"), f"--config={tiny}", *args])
   assert result.returncode == 1, result.stdout + result.stderr
   assert message in result.stderr
   assert "run 1" not in result.stdout  # refused before any run
