@@ -46,7 +46,8 @@ def quiet_tracer_attribute_errors() -> Iterator[None]:
   of ``Trainer()`` (741 draws) and 1.2 s of lowering its train step (dropout), against 0.8 s and
   4.6 s without the note (the lowered programs are identical). Inside this context the note is
   left out: an error raised while tracing keeps its type and first line, without the "this value
-  became a tracer due to ..." lines. Where JAX has no such hook this does nothing.
+  became a tracer due to ..." lines. Where JAX has no such hook this does nothing; JAX 0.12 no
+  longer words the note for ``sharding``, so there it changes nothing either.
   """
   # pylint: disable-next=g-import-not-at-top
   from jax._src.interpreters import partial_eval as pe

@@ -66,6 +66,9 @@ def test_shardings_follow_the_config_and_a_mesh_needs_one(setup):
 
 
 def test_quiet_tracer_attribute_errors_drops_only_the_origin_note(monkeypatch):
+  import inspect  # pylint: disable=import-outside-toplevel
+
+  from jax._src import core  # pylint: disable=import-outside-toplevel
   from jax._src.interpreters import partial_eval as pe  # pylint: disable=import-outside-toplevel
 
   searches = []
@@ -92,7 +95,9 @@ def test_quiet_tracer_attribute_errors_drops_only_the_origin_note(monkeypatch):
     return y
 
   jax.jit(probe).lower(jnp.ones(3))
-  assert seen["searches_loud"] == 1  # JAX looked up where the value came from
+  # JAX 0.10 looks up where the value came from for this error; JAX 0.12 no longer does.
+  searches_for_sharding = "_origin_msg" in inspect.getsource(core.Tracer.sharding.fget)
+  assert seen["searches_loud"] == int(searches_for_sharding)
   assert seen["searches_quiet"] == 0  # not inside the context
   assert seen["getattr"] is None
   assert seen["quiet"].splitlines()[0] == seen["loud"].splitlines()[0]  # same error, same line
