@@ -9,8 +9,8 @@ parameters drawn op by op and placed), and the train step's lowering and compila
 synthetic batch of ``config.train.batch_size`` samples. It counts JAX's persistent-cache hits and
 misses, so a warm run shows that it was served from the cache.
 
-The first run of each variant starts from an empty cache (cold, unless ``--cache_dir`` names a
-filled one); the later runs reuse it (warm). A variant is one value of ``--xla_flags`` (given
+The first run of each variant starts from an empty cache unless ``--cache_dir`` names a filled
+one; the later runs reuse it. A run is called warm when every program came from the cache. A variant is one value of ``--xla_flags`` (given
 several times to compare XLA options side by side; each variant has its own cache, as XLA's
 options are part of the cache key). Prints one line per run and writes the JSON record to
 ``--output``.
@@ -32,6 +32,8 @@ sys.path.insert(0, os.path.dirname(_HERE))
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
+
+from benchmarks import run as bench_run  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 PARTS = ("import_s", "trainer_s", "init_state_s", "lower_s", "compile_s")
@@ -70,7 +72,6 @@ def measure_once(config) -> dict:
       events["misses"] += 1
 
   jax.monitoring.register_event_listener(listen)
-  from benchmarks import run as bench_run  # pylint: disable=g-import-not-at-top
   from pidm_jax import console  # pylint: disable=g-import-not-at-top
   from pidm_jax import sharding  # pylint: disable=g-import-not-at-top
   from pidm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -104,8 +105,9 @@ def measure_once(config) -> dict:
 
 
 def summary_line(variant: str, index: int, record: dict) -> str:
-  """One run as a line: its kind (cold / warm), each part's seconds, the cache counts."""
-  kind = "cold" if index == 0 else "warm"
+  """One run as a line: warm (every program from the cache) or cold, each part's seconds, the
+  cache counts."""
+  kind = "warm" if record["cache_misses"] == 0 else "cold"
   parts = ", ".join(f"{k[:-2]} {record[k]:.1f}" for k in PARTS)
   return (
       f"[{variant or 'default XLA flags'}] run {index + 1} ({kind}): {parts}; total "
@@ -114,14 +116,10 @@ def summary_line(variant: str, index: int, record: dict) -> str:
   )
 
 
-def _overrides() -> list[str]:
-  return [a for a in sys.argv[1:] if a.startswith("--config.")]
-
-
 def _child(config_path: str, variant: str, cache_dir: str, out_path: str) -> dict:
   env = dict(os.environ, XLA_FLAGS=variant, JAX_COMPILATION_CACHE_DIR=cache_dir)
   cmd = [sys.executable, os.path.abspath(__file__), f"--config={config_path}"]
-  cmd += _overrides() + [f"--child_output={out_path}"]
+  cmd += bench_run._overrides() + [f"--child_output={out_path}"]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if proc.returncode:
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
@@ -144,7 +142,7 @@ def main(argv):
   if FLAGS.cache_dir and len(variants) > 1:
     raise app.UsageError("--cache_dir holds one variant's programs; give one --xla_flags with it")
   config_path = config_flags.get_config_filename(FLAGS["config"])
-  record = {"config": config_path, "overrides": _overrides(), "variants": {}}
+  record = {"config": config_path, "overrides": bench_run._overrides(), "variants": {}}
   scratch = tempfile.mkdtemp(prefix="pidm_start_up_")
   try:
     for i, variant in enumerate(variants):
